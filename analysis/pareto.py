@@ -1,0 +1,95 @@
+"""Pareto fronts, plots and the paper-style table of one sweep, read from MLflow.
+
+    python -m analysis.pareto runs/smoke                       # a sweep directory (sweep.json)
+    python -m analysis.pareto smf_sweep/smoke --tracking-uri sqlite:////abs/mlflow.db
+    python -m analysis.pareto smoke --tracking-uri http://127.0.0.1:5000 --out figs --budget 0.5
+
+Writes into --out: pareto.png, pareto.html, fronts.csv, table.md, selectors.png, memory.png.
+Exit status: 0 written, 1 nothing to analyse (no finished trials), 2 bad source / unreachable store.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from analysis.source import SourceError, resolve
+
+FILES = ["pareto.png", "pareto.html", "fronts.csv", "table.md", "selectors.png", "memory.png"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.pareto", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Files written: " + ", ".join(FILES))
+    p.add_argument("source", metavar="SOURCE",
+                   help="a sweep directory (holds sweep.json and, by default, mlflow.db) or an "
+                        "MLflow experiment name or id (with --tracking-uri)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: <sweep dir>/analysis, or ./analysis_out)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store: sqlite:////abs/path/mlflow.db or http://127.0.0.1:PORT "
+                        "(default: sweep.json's, else $MLFLOW_TRACKING_URI)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="forgetting budget for 'best within budget' (forgetting <= budget; "
+                        "default 1.0, the study's 'within ~1 point')")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    src = resolve(args.source, args.tracking_uri)  # cheap checks before the heavy imports
+    if src.note:
+        print(f"note: {src.note}")
+    # MLflow's REST client retries a failing server for minutes by default; a CLI should not
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from analysis import interactive, plots, report, runs, summary  # heavy: mlflow, matplotlib
+
+    sweep = runs.load(src)
+    df = sweep.trials
+    fin = runs.finished(df)
+    counts = summary.status_counts(df, fin)
+    excluded = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "finished") or "none"
+    print(f"{sweep.experiment_name}: {len(df)} trials, {len(fin)} finished, excluded: {excluded}")
+    if fin.empty:
+        raise NothingToDo(f"no finished trials in experiment {sweep.experiment_name!r} at "
+                          f"{sweep.tracking_uri} ({len(df)} trial runs; excluded: {excluded})")
+    out = args.out or (src.sweep_dir / "analysis" if src.sweep_dir else Path("analysis_out"))
+    out.mkdir(parents=True, exist_ok=True)
+    methods = summary.ordered(df["method"].unique(), summary.METHOD_ORDER)
+    title = sweep.experiment_name
+    plots.pareto_png(fin, methods, title, out / "pareto.png", args.budget)
+    interactive.pareto_html(fin, methods, title, out / "pareto.html", args.budget)
+    summary.fronts_table(fin).to_csv(out / "fronts.csv", index=False)
+    (out / "table.md").write_text(report.markdown(sweep, fin, counts, args.budget))
+    plots.selectors_png(fin, title, out / "selectors.png")
+    plots.memory_png(fin, title, out / "memory.png")
+    paths = [out / f for f in FILES]
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return paths
+
+
+class NothingToDo(Exception):
+    """The source is fine but holds nothing to analyse."""
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NothingToDo as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""PNG figures (matplotlib, Agg canvas, no pyplot state): Pareto panels, selectors, memory.
+
+Figure sizes are fixed (no tight bbox), so each PNG has a known pixel size: SIZES x DPI.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from analysis.fronts import GAIN, pareto_mask
+from analysis.style import (BASE_LABEL, GAIN_LABEL, PANELS, method_color, selector_marker,
+                            selector_name)
+from analysis.summary import CONTROLS, SELECTOR_ORDER, ordered
+
+DPI = 100
+SIZES = {"pareto": (18, 6), "selectors": (16, 4.5), "memory": (12, 8)}  # inches -> px = x DPI
+
+
+def _figure(name: str, **kw) -> Figure:
+    fig = Figure(figsize=SIZES[name], dpi=DPI, layout="constrained", **kw)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=DPI)  # no bbox_inches="tight": keeps the pixel size fixed
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _default_label(r) -> str:
+    sel = r["selector"] if isinstance(r["selector"], str) else None
+    return f"{r['method']} default" + (f" ({sel})" if sel else "")
+
+
+def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign, budget):
+    ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
+    ax.axvline(0, color="0.6", lw=0.8, ls="--", zorder=0)
+    cost = fin[xcol] * sign
+    for m in methods:
+        sub = fin[fin["method"] == m]
+        if sub.empty:
+            continue
+        color = method_color(m, methods)
+        for s, g in sub.groupby(sub["selector"].fillna(""), sort=False):
+            ax.scatter(g[xcol], g[GAIN], c=color, marker=selector_marker(s or None, selectors),
+                       s=36, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=3)
+        pts = sub.assign(_c=cost[sub.index])
+        front = pts[pareto_mask(pts, GAIN, "_c")].sort_values(["_c", GAIN])
+        ax.step(front[xcol], front[GAIN], where="post", color=color, lw=1.6, alpha=0.9, zorder=2)
+    ax.scatter([0], [0], marker="*", s=260, c="gold", edgecolors="black", linewidths=1.0,
+               zorder=5)
+    ax.annotate(BASE_LABEL, (0, 0), xytext=(6, -12), textcoords="offset points", fontsize=8)
+    seen = set()
+    for _, r in fin[fin["default_point"]].iterrows():
+        ax.scatter([r[xcol]], [r[GAIN]], s=120, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=4)
+        label = _default_label(r)
+        if label not in seen:  # one label per default config, not per seed
+            seen.add(label)
+            ax.annotate(label, (r[xcol], r[GAIN]), xytext=(7, 5), textcoords="offset points",
+                        fontsize=8)
+    if budget is not None:
+        ax.axvline(budget, color="0.3", lw=1.0, ls=":", zorder=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(GAIN_LABEL)
+    ax.grid(alpha=0.25)
+
+
+def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float) -> None:
+    selectors = ordered(fin["selector"].unique(), SELECTOR_ORDER)
+    fig = _figure("pareto")
+    axes = fig.subplots(1, len(PANELS))
+    for i, (ax, (xcol, xlabel, sign)) in enumerate(zip(axes, PANELS)):
+        _pareto_panel(ax, fin, methods, selectors, xcol, xlabel, sign, budget if i == 0 else None)
+    axes[0].set_title("gain vs forgetting (lines: each method's front)")
+    axes[1].set_title("gain vs TriviaQA")
+    axes[2].set_title("gain vs WikiText")
+    handles = [Line2D([], [], color=method_color(m, methods), marker="o", lw=1.6, label=m)
+               for m in methods]
+    has_sel = fin["selector"].notna().any()
+    handles += [Line2D([], [], color="0.35", marker=selector_marker(s, selectors), ls="none",
+                       label=f"selector {s}") for s in selectors] if has_sel else []
+    handles += [Line2D([], [], color="gold", marker="*", markersize=14, markeredgecolor="black",
+                       ls="none", label=f"{BASE_LABEL} (0, 0)"),
+                Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=10,
+                       ls="none", label="default point"),
+                Line2D([], [], color="0.3", ls=":", label=f"forgetting budget {budget:g}")]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9)
+    fig.suptitle(f"{title}: {len(fin)} finished trials")
+    _save(fig, path)
+
+
+def _strip(ax, smf: pd.DataFrame, col: str, selectors: list, ylabel: str) -> None:
+    for i, s in enumerate(selectors):
+        v = pd.to_numeric(smf.loc[smf["selector"] == s, col], errors="coerce").dropna()
+        if v.empty:
+            continue
+        jitter = np.linspace(-0.18, 0.18, len(v)) if len(v) > 1 else np.zeros(1)  # (n,)
+        ax.scatter(i + jitter, v, marker=selector_marker(s, selectors), c="#1f77b4", alpha=0.6,
+                   s=30, zorder=3)
+        ax.errorbar([i + 0.3], [v.mean()], yerr=[v.std(ddof=1) if len(v) > 1 else 0.0],
+                    fmt="D", color="black", ms=5, capsize=4, zorder=4)
+    ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
+    ax.set_xticks(range(len(selectors)),
+                  [f"{s}\n(control)" if s in CONTROLS else s for s in selectors])
+    ax.set_xlim(-0.6, len(selectors) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.25, axis="y")
+
+
+def selectors_png(fin: pd.DataFrame, title: str, path) -> None:
+    smf = fin[(fin["method"] == "smf") & fin["selector"].notna()]
+    fig = _figure("selectors")
+    axes = fig.subplots(1, 4)
+    cols = [(GAIN, "MedMCQA gain (pp)  ↑"), ("forgetting", "forgetting  ↓"),
+            ("triviaqa/delta", "TriviaQA Δ (pp)  ↑"), ("wikitext/delta", "WikiText ppl Δ (%)  ↓")]
+    selectors = ordered(smf["selector"].unique(), SELECTOR_ORDER)
+    for ax, (col, label) in zip(axes, cols):
+        if smf.empty:
+            _empty(ax, "no finished SMF trials")
+            continue
+        _strip(ax, smf, col, selectors, label)
+    fig.suptitle(f"{title}: SMF row selectors (points: trials; black: mean ± std)")
+    _save(fig, path)
+
+
+def _by_param(ax, smf: pd.DataFrame, pcol: str, ycol: str, selectors: list, xlabel: str,
+              ylabel: str) -> None:
+    x = pd.to_numeric(smf.get(pcol), errors="coerce") if pcol in smf else None
+    if x is None or x.notna().sum() == 0:
+        _empty(ax, f"no finished SMF trials with {pcol.removeprefix('params.')}")
+        return
+    d = smf.assign(_x=x).dropna(subset=["_x"])
+    for s, g in d.groupby(d["selector"].fillna(""), sort=False):
+        ax.scatter(g["_x"], g[ycol], marker=selector_marker(s or None, selectors), c="#1f77b4",
+                   alpha=0.6, s=30, label=selector_name(s or None), zorder=3)
+    mean = d.groupby("_x")[ycol].mean()
+    ax.plot(mean.index, mean.values, color="black", marker="D", ms=5, lw=1.2, label="mean",
+            zorder=4)
+    if (d["_x"] > 0).all() and d["_x"].nunique() > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(d["_x"].unique()), [f"{v:g}" for v in sorted(d["_x"].unique())])
+    ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.25)
+    ax.legend(fontsize=8)
+
+
+def memory_png(fin: pd.DataFrame, title: str, path) -> None:
+    smf = fin[fin["method"] == "smf"]
+    selectors = ordered(smf["selector"].unique(), SELECTOR_ORDER)
+    fig = _figure("memory")
+    axes = fig.subplots(2, 2)
+    params = [("params.smf.n_keys", "smf.n_keys (memory = n_keys² slots per layer)"),
+              ("params.smf.top_t", "smf.top_t (rows updated per layer per batch)")]
+    objectives = [(GAIN, "MedMCQA gain (pp)  ↑"), ("forgetting", "forgetting  ↓")]
+    for i, (ycol, ylabel) in enumerate(objectives):
+        for j, (pcol, xlabel) in enumerate(params):
+            _by_param(axes[i, j], smf, pcol, ycol, selectors, xlabel, ylabel)
+    fig.suptitle(f"{title}: SMF memory size and top-t ({len(smf)} finished SMF trials)")
+    _save(fig, path)
+

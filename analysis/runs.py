@@ -1,0 +1,236 @@
+"""Read a sweep's MLflow runs into one pandas DataFrame, one row per trial.
+
+Layout read (docs/contracts.md): one parent run (tag smf_sweep.role=sweep, metrics base/<task>),
+one child run per trial (tag smf_sweep.role=trial; tags method, selector, trial_id, seed, spec_hash,
+smf_sweep.default_point, failure_reason; params = the flattened trial config; metrics
+<task>/{before,after,delta}, retrofit/<task>, medmcqa_gain_pp, forgetting).
+
+Columns of the trials frame: see COLUMNS, plus `params.<dotted key>` per config param and any other
+final (non `train/`) metric under its MLflow name.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+from mlflow.exceptions import MlflowException
+
+from analysis.fronts import COST, GAIN
+from analysis.source import PREFIX, Source, SourceError
+
+TASKS = {"medmcqa": "acc", "wikitext": "ppl", "triviaqa": "acc"}  # task -> kind (contracts.md)
+PROBE_COLS = [f"{t}/{s}" for t in TASKS for s in ("before", "after", "delta")]
+RETROFIT_COLS = [f"retrofit/{t}" for t in TASKS]
+COLUMNS = (["run_id", "parent_run_id", "run_name", "trial_id", "status", "failure_reason",
+            "method", "selector", "seed", "default_point", "spec_hash", "start_time", "end_time",
+            "config", "config_key", GAIN, COST] + PROBE_COLS + RETROFIT_COLS)
+# always shown in a trial's short config (when the trial has them), then whatever else varies
+KEY_PARAMS = ["lr", "smf.selector", "smf.n_keys", "smf.top_t", "smf.k", "smf.insertion",
+              "lora.rank", "lora.alpha"]
+PAGE = 1000  # runs per search_runs page
+
+
+@dataclass
+class Sweep:
+    """What analysis needs from one experiment."""
+    tracking_uri: str
+    experiment_id: str
+    experiment_name: str
+    trials: pd.DataFrame  # every trial run, any status; columns COLUMNS + params.* + metrics
+    parent_run_id: str | None = None
+    base: dict = field(default_factory=dict)  # task -> base model value (acc fraction / ppl)
+    base_source: str = ""  # "parent run" or "trials' <task>/before"
+    spec_hash: str | None = None  # sweep.json's, when known
+
+
+def delta(task: str, after, before):
+    """contracts.md: accuracies in points (after - before, x100); perplexity in % of before."""
+    if TASKS[task] == "acc":
+        return 100.0 * (after - before)
+    return 100.0 * (after / before - 1.0)
+
+
+def _experiment(client: MlflowClient, name: str, uri: str):
+    exp = client.get_experiment_by_name(name)
+    if exp is None and not name.startswith(PREFIX):
+        exp = client.get_experiment_by_name(PREFIX + name)
+    if exp is None and name.isdigit():
+        try:
+            exp = client.get_experiment(name)
+        except MlflowException:
+            exp = None
+    if exp is None:
+        raise SourceError(f"no MLflow experiment named {name!r} (or {PREFIX + name!r}, or with that"
+                          f" id) at {uri}")
+    return exp
+
+
+def _all_runs(client: MlflowClient, exp_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], run_view_type=ViewType.ACTIVE_ONLY,
+                                  max_results=PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _as_bool(v) -> bool:
+    return str(v).strip().lower() in ("true", "1", "yes")
+
+
+def _as_int(v):
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def _row(run) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    method = tags.get("method") or params.get("method")
+    selector = tags.get("selector") or (params.get("smf.selector") if method == "smf" else None)
+    seed = tags.get("seed", params.get("seed"))
+    row = {
+        "run_id": run.info.run_id,
+        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "run_name": run.info.run_name,
+        "trial_id": tags.get("trial_id") or run.info.run_name,
+        "status": run.info.status,
+        "failure_reason": tags.get("failure_reason"),
+        "method": method,
+        "selector": selector,
+        "seed": _as_int(seed),
+        "default_point": _as_bool(tags.get("smf_sweep.default_point", "false")),
+        "spec_hash": tags.get("spec_hash"),
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+    }
+    for k, v in metrics.items():
+        if not k.startswith("train/"):  # per-step curves: their last value means nothing here
+            row[k] = v
+    row["_params"] = dict(params)
+    return row
+
+
+def _fill_derived(df: pd.DataFrame) -> None:
+    """Missing deltas from before/after, missing objectives from deltas (contracts.md)."""
+    for t in TASKS:
+        for s in ("before", "after", "delta"):
+            if f"{t}/{s}" not in df:
+                df[f"{t}/{s}"] = np.nan
+        d = delta(t, df[f"{t}/after"], df[f"{t}/before"])
+        df[f"{t}/delta"] = df[f"{t}/delta"].fillna(d)
+    if GAIN not in df:
+        df[GAIN] = np.nan
+    if COST not in df:
+        df[COST] = np.nan
+    df[GAIN] = df[GAIN].fillna(df["medmcqa/delta"])
+    df[COST] = df[COST].fillna((-df["triviaqa/delta"] + df["wikitext/delta"]) / 2.0)
+    for c in RETROFIT_COLS:
+        if c not in df:
+            df[c] = np.nan
+
+
+def _is_seed(key: str) -> bool:
+    return key == "seed" or key.endswith(".seed")
+
+
+def _configs(df: pd.DataFrame) -> None:
+    """config_key (all params but seeds and other methods' params) and a short `config`."""
+    methods = {m for m in df["method"].dropna().unique()}
+    own = []
+    for m, p in zip(df["method"], df["_params"]):
+        others = tuple(f"{o}." for o in methods if o != m)
+        own.append({k: v for k, v in p.items()
+                    if not _is_seed(k) and k != "method" and not k.startswith(others)})
+    df["config_key"] = [f"{m}|" + ";".join(f"{k}={v}" for k, v in sorted(p.items()))
+                        for m, p in zip(df["method"], own)]
+    varying: dict = {}
+    for m in methods:
+        ps = [p for p, mm in zip(own, df["method"]) if mm == m]
+        keys = set().union(*ps) if ps else set()
+        varying[m] = {k for k in keys if len({p.get(k) for p in ps}) > 1}
+    cfg = []
+    for m, p in zip(df["method"], own):
+        keys = [k for k in KEY_PARAMS if k in p]
+        keys += sorted(k for k in varying.get(m, ()) if k not in keys)
+        cfg.append(" ".join(f"{k}={p[k]}" for k in keys))
+    df["config"] = cfg
+
+
+def _param_columns(df: pd.DataFrame) -> pd.DataFrame:
+    raw = pd.DataFrame(list(df["_params"]), index=df.index)
+    cols = {}
+    for k in sorted(raw.columns):
+        s = raw[k].where(raw[k].notna() & (raw[k] != "None"))
+        num = pd.to_numeric(s, errors="coerce")
+        cols[f"params.{k}"] = num if num.notna().sum() == s.notna().sum() else s.astype(object)
+    return pd.concat([df.drop(columns="_params"), pd.DataFrame(cols, index=df.index)], axis=1)
+
+
+def trials_frame(runs: list) -> pd.DataFrame:
+    """Trial runs -> DataFrame (COLUMNS first, then params.*, then other metrics)."""
+    if not runs:
+        df = pd.DataFrame(columns=COLUMNS)
+        return df
+    df = pd.DataFrame([_row(r) for r in runs])
+    for c in ("start_time", "end_time"):
+        df[c] = pd.to_datetime(df[c], unit="ms", utc=True)
+    _fill_derived(df)
+    _configs(df)
+    df = _param_columns(df)
+    df = df.sort_values(["start_time", "trial_id"], kind="stable").reset_index(drop=True)
+    rest = [c for c in df.columns if c not in COLUMNS]
+    return df[COLUMNS + sorted(c for c in rest if c.startswith("params."))
+              + sorted(c for c in rest if not c.startswith("params."))]
+
+
+def _pick_parent(parents: list, trials: list):
+    if not parents:
+        return None
+    refs = pd.Series([r.data.tags.get("mlflow.parentRunId") for r in trials]).value_counts()
+    return max(parents, key=lambda p: (refs.get(p.info.run_id, 0), p.info.start_time or 0))
+
+
+def load(src: Source) -> Sweep:
+    client = MlflowClient(tracking_uri=src.tracking_uri)
+    try:
+        exp = _experiment(client, src.experiment, src.tracking_uri)
+        runs = _all_runs(client, exp.experiment_id)
+    except MlflowException as e:
+        raise SourceError(f"MLflow at {src.tracking_uri}: {e.message.splitlines()[0]}")
+    role = lambda r: r.data.tags.get("smf_sweep.role")  # noqa: E731
+    parents = [r for r in runs if role(r) == "sweep"]
+    trials = [r for r in runs if role(r) == "trial"]
+    if not trials and not any(role(r) for r in runs):  # a store logged without role tags
+        trials = [r for r in runs if "method" in r.data.tags or "method" in r.data.params]
+    parent = _pick_parent(parents, trials)
+    df = trials_frame(trials)
+    base, base_source = {}, ""
+    if parent is not None:
+        base = {t: parent.data.metrics[f"base/{t}"] for t in TASKS
+                if f"base/{t}" in parent.data.metrics}
+        base_source = "parent run"
+    missing = [t for t in TASKS if t not in base]
+    for t in missing:  # every trial probes the same base model first
+        before = df[f"{t}/before"].dropna() if f"{t}/before" in df else pd.Series(dtype=float)
+        if len(before):
+            base[t] = float(before.median())
+            base_source = (base_source + ", " if base_source else "") + f"trials' {t}/before"
+    base = {t: v for t, v in base.items() if v is not None and math.isfinite(v)}
+    return Sweep(src.tracking_uri, exp.experiment_id, exp.name, df,
+                 parent.info.run_id if parent is not None else None, base, base_source,
+                 src.spec_hash)
+
+
+def finished(df: pd.DataFrame) -> pd.DataFrame:
+    """Trials usable for fronts: MLflow status FINISHED with both objectives finite."""
+    ok = (df["status"] == "FINISHED") & np.isfinite(pd.to_numeric(df[GAIN], errors="coerce")) \
+        & np.isfinite(pd.to_numeric(df[COST], errors="coerce"))
+    return df[ok]

@@ -1,0 +1,109 @@
+"""Tables from the trials frame: fronts, per-config aggregates over seeds, best picks, counts.
+
+No plotting. Accuracies are fractions in MLflow and shown here in %; deltas keep the contracts'
+units (pp for accuracies, % of base for perplexity).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.fronts import COST, GAIN, pareto_mask
+from analysis.runs import PROBE_COLS, RETROFIT_COLS, TASKS, delta
+
+METHOD_ORDER = ["smf", "lora", "full"]
+SELECTOR_ORDER = ["kl", "tfidf", "tf", "random"]
+CONTROLS = {"tf", "random"}  # SMF_SPEC.md §4: selectors that only show whether selection matters
+RETRO_DELTAS = [f"retrofit/{t}/delta" for t in TASKS]
+METRICS = [GAIN, COST] + PROBE_COLS + RETROFIT_COLS + RETRO_DELTAS
+
+
+def ordered(values, order: list) -> list:
+    """Known names in `order` first, then the rest sorted."""
+    vals = {v for v in values if isinstance(v, str)}
+    return [v for v in order if v in vals] + sorted(vals - set(order))
+
+
+def status_counts(df: pd.DataFrame, fin: pd.DataFrame) -> dict:
+    """{"finished": used, "failed": n, ...}: every trial counted once."""
+    c = {"finished": len(fin)}
+    rest = df.drop(index=fin.index)
+    for status, n in rest["status"].value_counts().items():
+        key = "finished without objectives" if status == "FINISHED" else str(status).lower()
+        c[key] = int(n)
+    return c
+
+
+def fronts_table(fin: pd.DataFrame) -> pd.DataFrame:
+    """Non-dominated trials per method (front=<method>) and over all methods (front=overall)."""
+    parts = []
+    for m in ordered(fin["method"].unique(), METHOD_ORDER):
+        sub = fin[fin["method"] == m]
+        parts.append(sub[pareto_mask(sub)].assign(front=m))
+    parts.append(fin[pareto_mask(fin)].assign(front="overall"))
+    out = pd.concat(parts, ignore_index=True)
+    out = out.sort_values(["front", COST, GAIN], kind="stable",
+                          key=lambda s: s.map(_front_rank) if s.name == "front" else s)
+    return out[["front"] + [c for c in out.columns if c != "front"]].reset_index(drop=True)
+
+
+def _front_rank(name: str) -> int:
+    order = METHOD_ORDER + ["overall"]
+    return order.index(name) if name in order else len(METHOD_ORDER)
+
+
+def with_retrofit_deltas(fin: pd.DataFrame, base: dict) -> pd.DataFrame:
+    out = fin.copy()
+    for t in TASKS:
+        b = base.get(t, np.nan)
+        out[f"retrofit/{t}/delta"] = delta(t, out[f"retrofit/{t}"], b)
+    return out
+
+
+def aggregate(fin: pd.DataFrame) -> pd.DataFrame:
+    """One row per config (method + params but seed): mean and std of every metric, n seeds."""
+    cols = [c for c in METRICS if c in fin]
+    rows = []
+    for key, g in fin.groupby("config_key", sort=False):
+        r = {"config_key": key, "method": g["method"].iloc[0], "selector": g["selector"].iloc[0],
+             "config": g["config"].iloc[0], "n": len(g),
+             "default_point": bool(g["default_point"].any()),
+             "trials": ", ".join(f"{t} (`{rid}`)" for t, rid in zip(g["trial_id"], g["run_id"])),
+             "run_ids": list(g["run_id"])}
+        for c in cols:
+            v = pd.to_numeric(g[c], errors="coerce")
+            r[c] = v.mean()
+            r[c + ":std"] = v.std(ddof=1) if v.notna().sum() > 1 else np.nan
+        rows.append(r)
+    return pd.DataFrame(rows)
+
+
+def best(agg: pd.DataFrame, method: str, budget: float | None = None) -> pd.Series | None:
+    """The method's config with the highest mean gain (within mean forgetting <= budget).
+
+    Ties: lower forgetting, then more seeds.
+    """
+    sub = agg[agg["method"] == method]
+    if budget is not None:
+        sub = sub[sub[COST] <= budget]
+    if sub.empty:
+        return None
+    sub = sub.assign(_neg_n=-sub["n"])
+    return sub.sort_values([GAIN, COST, "_neg_n"], ascending=[False, True, True],
+                           kind="stable").iloc[0]
+
+
+def mean_std(g: pd.DataFrame, col: str) -> tuple[float, float, int]:
+    v = pd.to_numeric(g[col], errors="coerce").dropna()
+    return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, len(v))
+
+
+def by_value(fin: pd.DataFrame, col: str) -> pd.DataFrame:
+    """Per value of a param column: trials, mean/std of both objectives (for selectors, memory)."""
+    rows = []
+    for v, g in fin.groupby(col, sort=True, dropna=True):
+        r = {col: v, "trials": len(g), "configs": g["config_key"].nunique()}
+        for c in (GAIN, COST, "triviaqa/delta", "wikitext/delta"):
+            r[c], r[c + ":std"], _ = mean_std(g, c)
+        rows.append(r)
+    return pd.DataFrame(rows)
