@@ -1,0 +1,148 @@
+"""Build the embedded world: facts → datasets in the real schemas → tokenizer → pretrained model.
+
+Deterministic for a given WorldConfig (seeded RNGs, fixed thread count); cached under a key that
+hashes the config and this package's source, so a changed generator never reuses a stale world."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from . import render
+from .config import WorldConfig
+from .facts import make_worlds
+from .pretrain import build_model, pretrain, train_tokenizer
+
+FORMAT_VERSION = 1   # bump when the directory layout changes
+
+
+def cache_root() -> Path:
+    """$SMF_SWEEP_CACHE, else ~/.cache/smf_sweep."""
+    return Path(os.environ.get("SMF_SWEEP_CACHE", Path.home() / ".cache" / "smf_sweep")).expanduser().resolve()
+
+
+def world_key(cfg: WorldConfig) -> str:
+    """Hash of the config and of the generator's source code (every .py file of this package)."""
+    h = hashlib.sha256(json.dumps({"cfg": cfg.to_dict(), "format": FORMAT_VERSION}, sort_keys=True).encode())
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def default_world_dir(cfg: WorldConfig = WorldConfig()) -> Path:
+    return cache_root() / "worlds" / f"world-{world_key(cfg)}"
+
+
+def content_hash(world: Path) -> str:
+    """sha256 over every file of the world except world.json (paths and bytes, sorted)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in world.rglob("*") if p.is_file() and p.name != "world.json"):
+        h.update(str(f.relative_to(world)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+
+
+def write_data(cfg: WorldConfig, data: Path) -> dict:
+    """All datasets in their real schemas; returns the texts the tokenizer and pretraining need."""
+    g, m = make_worlds(cfg)
+    rng = random.Random(cfg.seed + 1)
+    wiki = render.wikitext_splits(g, cfg.article_renders, rng)
+    for split, lines in wiki.items():
+        _write_jsonl(data / "wikitext" / f"{split}.jsonl", [{"text": ln + "\n"} for ln in lines])
+    _write_jsonl(data / "wikitext_document_level" / "test.jsonl",
+                 [{"page": doc} for doc in _documents(wiki["test"])])
+    trivia = render.trivia_rows(g)
+    _write_jsonl(data / "trivia_qa" / "validation.jsonl", trivia)
+    oasst = render.oasst_rows(g, rng)
+    trees = sorted({r["message_tree_id"] for r in oasst})
+    val_trees = set(trees[:: 10])                                    # every 10th tree held out
+    _write_jsonl(data / "oasst1" / "train.jsonl", [r for r in oasst if r["message_tree_id"] not in val_trees])
+    _write_jsonl(data / "oasst1" / "validation.jsonl", [r for r in oasst if r["message_tree_id"] in val_trees])
+    med = render.medmcqa_splits(m, cfg.train_variants, cfg.val_variants, rng)
+    for split, rows in med.items():
+        _write_jsonl(data / "medmcqa" / f"{split}.jsonl", rows)
+
+    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia]
+                     + [r["text"] for r in oasst if r["role"] == "assistant" and r["message_tree_id"] not in val_trees])
+    rng.shuffle(pretrain_docs)
+    sizes = {"general_facts": len(render.general_facts(g)), "medical_facts": 4 * len(m.diseases),
+             "wikitext": {k: len(v) for k, v in wiki.items()}, "trivia_qa": len(trivia), "oasst1": len(oasst),
+             "medmcqa": {k: len(v) for k, v in med.items()}, "pretrain_docs": len(pretrain_docs)}
+    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + render.medical_corpus_text(m)
+            + [r["question"] + " " + r["exp"] for r in med["train"]], "sizes": sizes}
+
+
+def _documents(lines: list[str]) -> list[str]:
+    """WikiText lines → one string per article (a ' = Title = ' line starts each)."""
+    docs, cur = [], []
+    for ln in lines:
+        if ln.startswith(" = ") and cur:
+            docs.append("\n".join(cur).strip("\n"))
+            cur = []
+        if ln:
+            cur.append(ln)
+    if cur:
+        docs.append("\n".join(cur))
+    return docs
+
+
+def build_world(cfg: WorldConfig = WorldConfig(), out: Path | str | None = None, *, progress: bool = True,
+                force: bool = False) -> Path:
+    """Build (or reuse) the world; returns its directory."""
+    key = world_key(cfg)
+    out = Path(out).expanduser().resolve() if out else default_world_dir(cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out.with_name(out.name + ".lock")):
+        meta = out / "world.json"
+        if meta.exists() and not force:
+            have = json.loads(meta.read_text()).get("key")
+            if have == key:
+                return out
+            raise FileExistsError(f"{out} holds another world (key {have}, wanted {key}); "
+                                  "pass another --out, or --force to replace it")
+        tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.perf_counter()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            texts = write_data(cfg, tmp / "data")
+            tok = train_tokenizer(texts["tokenizer_texts"], cfg, tmp / "model")
+            model = build_model(cfg, len(tok))
+            stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress)
+            model.save_pretrained(tmp / "model")
+        finally:
+            torch.set_num_threads(threads)
+        info = {"key": key, "content_hash": content_hash(tmp), "config": cfg.to_dict(), "sizes": texts["sizes"],
+                "parameters": sum(p.numel() for p in model.parameters()), "pretrain": stats,
+                "build_seconds": round(time.perf_counter() - t0, 1)}
+        (tmp / "world.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return out
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    """An exclusive file lock, so concurrent builders of one world wait for each other."""
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,207 @@
+"""Facts → text in the real datasets' schemas (WikiText, TriviaQA, OASST1, MedMCQA).
+
+Pretraining sees the WikiText train split, the trivia questions in the probe's own wording
+(`Question: …\nAnswer: …`, as a model meets Q&A on the web) and the OASST1 train dialogues. The
+medical questions are never in pretraining. Validation medical questions test the same facts as train
+with another option order and other distractors (WORLD_NOTES: a model this small memorises wording
+and does not generalise across rewordings, so the facts, not the wording, must carry the task)."""
+from __future__ import annotations
+
+import random
+
+from .facts import GeneralWorld, MedicalWorld
+
+# ---- general knowledge -------------------------------------------------------------------------
+SENTENCES = {  # fact -> encyclopedic templates; {e} entity, {v} value
+    ("country", "capital"): ["The capital of {e} is {v}.", "{v} is the capital city of {e}.",
+                             "{e} is governed from its capital, {v}."],
+    ("country", "language"): ["The people of {e} speak {v}.", "{v} is the official language of {e}.",
+                              "In {e} most people speak {v}."],
+    ("country", "currency"): ["The currency of {e} is {v}.", "In {e} people pay with {v}.",
+                              "{e} uses {v} as its money."],
+    ("city", "country"): ["{e} is a city in {v}.", "The city of {e} lies in {v}.", "{e} is located in {v}."],
+    ("city", "river"): ["The river {v} flows through {e}.", "{e} was built on the banks of the {v}.",
+                        "The {v} runs through the centre of {e}."],
+    ("city", "landmark"): ["{e} is famous for {v}.", "Visitors to {e} come to see {v}.",
+                           "The best known sight of {e} is {v}."],
+    ("person", "profession"): ["{e} was a {v}.", "{e} worked as a {v}.", "As a {v}, {e} became well known."],
+    ("person", "birthplace"): ["{e} was born in {v}.", "The birthplace of {e} is {v}.", "{e} grew up in {v}."],
+    ("person", "work"): ["{e} is best known for {v}.", "The most famous work of {e} is {v}.",
+                         "{e} created {v}."],
+    ("person", "year"): ["{e} was born in the year {v}.", "The year of birth of {e} is {v}.",
+                         "{e} came into the world in {v}."],
+}
+QUESTIONS = {  # the trivia wording (seen in pretraining and used by the probe)
+    ("country", "capital"): "What is the capital of {e}?",
+    ("country", "language"): "What language is spoken in {e}?",
+    ("country", "currency"): "What is the currency of {e}?",
+    ("city", "country"): "In which country is the city of {e}?",
+    ("city", "river"): "Which river flows through {e}?",
+    ("city", "landmark"): "What is {e} famous for?",
+    ("person", "profession"): "What was the profession of {e}?",
+    ("person", "birthplace"): "In which city was {e} born?",
+    ("person", "work"): "Which work is {e} best known for?",
+    ("person", "year"): "In what year was {e} born?",
+}
+PROMPTS = ["Tell me about {e}.", "What do you know about {e}?", "Can you describe {e}?"]
+
+
+def general_facts(g: GeneralWorld) -> list[tuple[str, str, str, str]]:
+    """(kind, attribute, entity, value) for every fact, in a fixed order."""
+    out = []
+    for kind, table in (("country", g.countries), ("city", g.cities), ("person", g.people)):
+        for e, attrs in table.items():
+            out += [(kind, a, e, v) for a, v in attrs.items()]
+    return out
+
+
+def aliases(attr: str, value: str) -> list[str]:
+    """Answer aliases as TriviaQA lists them (the value, and e.g. without a leading article)."""
+    al = [value]
+    if value.startswith("the "):
+        al.append(value[4:])
+    if attr == "river":
+        al.append(f"{value} River")
+    return al
+
+
+def article(kind: str, e: str, attrs: dict, rng: random.Random) -> list[str]:
+    """A WikiText-style article: ' = Title = ' heading then 2 paragraph lines."""
+    sents = [rng.choice(SENTENCES[(kind, a)]).format(e=e, v=v) for a, v in attrs.items()]
+    rng.shuffle(sents)
+    cut = max(1, len(sents) // 2)
+    return [f" = {e} = ", " " + " ".join(sents[:cut]), " " + " ".join(sents[cut:])]
+
+
+def wikitext_splits(g: GeneralWorld, renders: int, rng: random.Random) -> dict[str, list[str]]:
+    """Line-level WikiText: train holds `renders` articles per entity; validation and test each one
+    fresh render per entity (the same templates in new combinations: held-out text in seen style)."""
+    tables = [("country", g.countries), ("city", g.cities), ("person", g.people)]
+    splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for split, n in (("train", renders), ("validation", 1), ("test", 1)):
+        for _ in range(n):
+            for kind, table in tables:
+                for e, attrs in table.items():
+                    splits[split] += [""] + article(kind, e, attrs, rng)
+    return splits
+
+
+def trivia_rows(g: GeneralWorld) -> list[dict]:
+    rows = []
+    for i, (kind, attr, e, v) in enumerate(general_facts(g)):
+        al = aliases(attr, v)
+        rows.append({
+            "question": QUESTIONS[(kind, attr)].format(e=e), "question_id": f"world_{i:05d}",
+            "question_source": "embedded-world",
+            "entity_pages": {"doc_source": [], "filename": [], "title": [], "wiki_context": []},
+            "search_results": {"description": [], "filename": [], "rank": [], "title": [], "url": [],
+                               "search_context": []},
+            "answer": {"aliases": al, "normalized_aliases": [a.lower() for a in al],
+                       "matched_wiki_entity_name": "", "normalized_matched_wiki_entity_name": "",
+                       "normalized_value": v.lower(), "type": "WikipediaEntity", "value": v},
+        })
+    return rows
+
+
+def trivia_text(row: dict) -> str:
+    return f"Question: {row['question']}\nAnswer: {row['answer']['value']}"
+
+
+def oasst_rows(g: GeneralWorld, rng: random.Random, n_trees_per_entity: int = 1) -> list[dict]:
+    """OASST1-schema message trees: a prompter turn and ranked assistant replies. Rank 0–1 English
+    replies are what the study keeps; a rank-2 reply and a few non-English trees exercise the filter."""
+    rows, tables = [], [("country", g.countries), ("city", g.cities), ("person", g.people)]
+    k = 0
+    for kind, table in tables:
+        for e, attrs in table.items():
+            for _ in range(n_trees_per_entity):
+                tree = f"tree-{k:05d}"
+                lang = "de" if k % 25 == 24 else "en"
+                base = dict(user_id=f"user-{k % 37}", created_date="2023-02-05T00:00:00+00:00", lang=lang,
+                            review_count=3, review_result=True, deleted=False, synthetic=False, model_name=None,
+                            detoxify=None, message_tree_id=tree, tree_state="ready_for_export", emojis=None,
+                            labels=None)
+                rows.append(dict(base, message_id=f"{tree}-p", parent_id=None, role="prompter", rank=None,
+                                 text=rng.choice(PROMPTS).format(e=e)))
+                for rank in range(3):
+                    sents = [rng.choice(SENTENCES[(kind, a)]).format(e=e, v=v) for a, v in attrs.items()]
+                    rng.shuffle(sents)
+                    text = " ".join(sents[: max(2, len(sents) - rank)])
+                    rows.append(dict(base, message_id=f"{tree}-a{rank}", parent_id=f"{tree}-p", role="assistant",
+                                     rank=rank, text=text))
+                k += 1
+    return rows
+
+
+# ---- the medical task --------------------------------------------------------------------------
+MED_QUESTIONS = {
+    "drug": ["Which drug is the treatment of choice for {d}?", "{d} is best treated with which drug?"],
+    "organism": ["Which organism causes {d}?", "The causative agent of {d} is which organism?"],
+    "organ": ["Which organ is primarily affected in {d}?", "{d} mainly damages which organ?"],
+    "symptom": ["What is the hallmark symptom of {d}?", "Patients with {d} typically present with which symptom?"],
+}
+MED_EXPLANATIONS = {
+    "drug": "{v} is the drug of choice for {d}.",
+    "organism": "{d} is caused by {v}.",
+    "organ": "{d} primarily affects the {v}.",
+    "symptom": "The hallmark symptom of {d} is {v}.",
+}
+SUBJECTS = {"drug": ("Pharmacology", "Drugs of choice"), "organism": ("Microbiology", "Pathogens"),
+            "organ": ("Pathology", "Organ involvement"), "symptom": ("Medicine", "Clinical features")}
+
+
+def _options(answer: str, pool: list[str], rng: random.Random, avoid: set[tuple]) -> tuple[list[str], int]:
+    """Four options (answer + 3 distractors from the pool), shuffled; (distractors, order) not in avoid."""
+    others = [p for p in pool if p != answer]
+    for _ in range(1000):
+        opts = rng.sample(others, 3) + [answer]
+        rng.shuffle(opts)
+        key = (frozenset(opts), opts.index(answer))
+        if key not in avoid:
+            avoid.add(key)
+            return opts, opts.index(answer)
+    raise RuntimeError("not enough distinct option sets; enlarge the distractor pools")
+
+
+def medmcqa_splits(m: MedicalWorld, train_variants: int, val_variants: int,
+                   rng: random.Random) -> dict[str, list[dict]]:
+    """Every fact gets `train_variants` train questions (both wordings) and `val_variants` validation
+    questions whose option sets and answer positions appear in no train question of that fact."""
+    splits: dict[str, list[dict]] = {"train": [], "validation": []}
+    n = 0
+    for d, attrs in m.diseases.items():
+        for attr, v in attrs.items():
+            seen: set[tuple] = set()
+            for split, count in (("train", train_variants), ("validation", val_variants)):
+                for j in range(count):
+                    opts, cop = _options(v, m.pools[attr], rng, seen)
+                    if split == "validation":  # a new answer position too, where one is left
+                        used = {k[1] for k in seen if k[0] != frozenset(opts)}
+                        free = [p for p in range(4) if p not in used]
+                        if free and cop in used:
+                            tgt = rng.choice(free)
+                            opts[cop], opts[tgt] = opts[tgt], opts[cop]
+                            cop = tgt
+                    subj, topic = SUBJECTS[attr]
+                    q = MED_QUESTIONS[attr][j % 2].format(d=d)
+                    splits[split].append({
+                        "id": f"med-{n:06d}", "question": q[0].upper() + q[1:],
+                        "opa": opts[0], "opb": opts[1], "opc": opts[2], "opd": opts[3], "cop": cop,
+                        "choice_type": "single", "exp": MED_EXPLANATIONS[attr].format(d=d, v=v),
+                        "subject_name": subj, "topic_name": topic})
+                    n += 1
+    # a few "multi" rows, which the study filters out (choice_type == "single")
+    for split in splits:
+        for row in splits[split][:: max(1, len(splits[split]) // 5)][:5]:
+            splits[split].append(dict(row, id=row["id"] + "-multi", choice_type="multi"))
+    for rows in splits.values():
+        rng.shuffle(rows)
+    return splits
+
+
+def medical_corpus_text(m: MedicalWorld) -> list[str]:
+    """Medical sentences: used only to train the tokenizer (a real tokenizer has seen medical words),
+    never to pretrain the model."""
+    return [MED_EXPLANATIONS[a].format(d=d, v=v) for d, attrs in m.diseases.items() for a, v in attrs.items()] + \
+        [q.format(d=d) for d in m.diseases for qs in MED_QUESTIONS.values() for q in qs] + \
+        [" ".join(p) for p in m.pools.values()]
