@@ -79,6 +79,8 @@ def test_unselected_rows_bit_identical(opt_name, granularity):
                     assert own.sum() <= T_ROWS
                     assert (new[~own] == 0).all() and new[own].abs().sum() > 0
         rows = upd.before_step()
+        for i, p in upd.values.items():  # what gradient clipping sees: zero outside the step's rows
+            assert (p.grad[~upd.last_rows[i]] == 0).all()
         opt.step()
         sched.step()
         opt.zero_grad()

@@ -46,6 +46,9 @@ def test_tf_and_ties_lowest_index_wins():
     tie = torch.tensor([1.0, 5.0, 5.0, 5.0, INF, 5.0])
     assert select_rows(tie, 2).nonzero().flatten().tolist() == [1, 2]
     assert select_rows(tie, 4).nonzero().flatten().tolist() == [1, 2, 3, 5]
+    many = torch.randint(0, 3, (100_000,), generator=torch.Generator().manual_seed(0)).float()  # many ties
+    top = select_rows(many, 1000).nonzero().flatten()
+    assert torch.equal(top, (many == 2).nonzero().flatten()[:1000])  # the 1000 lowest indices scoring 2
     # tfidf tie: equal counts and equal df give equal scores
     s = SELECTORS["tfidf"](torch.tensor([0, 2, 2, 2]), LayerBackground(torch.tensor([0, 1, 1, 1]), torch.zeros(4), 3))
     assert select_rows(s, 1).nonzero().flatten().tolist() == [1]
