@@ -104,7 +104,10 @@ def value_params(model: nn.Module) -> dict[int, nn.Parameter]:
 
 def memory_params(model: nn.Module) -> list[nn.Parameter]:
     """Every memory parameter (query net, keys, values, W1, W2, α); no side effects."""
-    return [p for w in memory_layers(model) for p in [*w.memory.parameters(), *([w.alpha] if w.alpha is not None else [])]]
+    params = []
+    for w in memory_layers(model):
+        params += list(w.memory.parameters()) + ([w.alpha] if w.alpha is not None else [])
+    return params
 
 
 def freeze_for_retrofit(model: nn.Module) -> list[nn.Parameter]:
