@@ -72,6 +72,6 @@ def pareto_html(fin: pd.DataFrame, methods: list, title: str, path, budget: floa
         fig.update_yaxes(title_text=GAIN_LABEL, zeroline=True, zerolinecolor="#999", row=1, col=i)
     fig.add_vline(x=budget, line_dash="dot", line_color="#555", row=1, col=1,
                   annotation_text=f"budget {budget:g}")
-    fig.update_layout(title=f"{title}: {len(fin)} finished trials", height=560, width=1800,
+    fig.update_layout(title=title, height=560, width=1800,
                       template="plotly_white", legend=dict(groupclick="toggleitem"))
     fig.write_html(path, include_plotlyjs=True, full_html=True)  # inlined: no CDN needed

@@ -62,13 +62,13 @@ def run(args: argparse.Namespace) -> list[Path]:
     out = args.out or (src.sweep_dir / "analysis" if src.sweep_dir else Path("analysis_out"))
     out.mkdir(parents=True, exist_ok=True)
     methods = summary.ordered(df["method"].unique(), summary.METHOD_ORDER)
-    title = sweep.experiment_name
+    title = f"{sweep.experiment_name}: {len(fin)} finished trials ({excluded} excluded)"
     plots.pareto_png(fin, methods, title, out / "pareto.png", args.budget)
     interactive.pareto_html(fin, methods, title, out / "pareto.html", args.budget)
     summary.fronts_table(fin).to_csv(out / "fronts.csv", index=False)
     (out / "table.md").write_text(report.markdown(sweep, fin, counts, args.budget))
-    plots.selectors_png(fin, title, out / "selectors.png")
-    plots.memory_png(fin, title, out / "memory.png")
+    plots.selectors_png(fin, sweep.experiment_name, out / "selectors.png")
+    plots.memory_png(fin, sweep.experiment_name, out / "memory.png")
     paths = [out / f for f in FILES]
     print("wrote " + ", ".join(str(p) for p in paths))
     return paths

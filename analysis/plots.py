@@ -11,8 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.fronts import GAIN, pareto_mask
-from analysis.style import (BASE_LABEL, GAIN_LABEL, PANELS, method_color, selector_marker,
-                            selector_name)
+from analysis.style import (BASE_LABEL, GAIN_LABEL, PANELS, method_color, selector_color,
+                            selector_marker, selector_name)
 from analysis.summary import CONTROLS, SELECTOR_ORDER, ordered
 
 DPI = 100
@@ -51,7 +51,7 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign,
         color = method_color(m, methods)
         for s, g in sub.groupby(sub["selector"].fillna(""), sort=False):
             ax.scatter(g[xcol], g[GAIN], c=color, marker=selector_marker(s or None, selectors),
-                       s=36, alpha=0.8, edgecolors="white", linewidths=0.5, zorder=3)
+                       s=50, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
         pts = sub.assign(_c=cost[sub.index])
         front = pts[pareto_mask(pts, GAIN, "_c")].sort_values(["_c", GAIN])
         ax.step(front[xcol], front[GAIN], where="post", color=color, lw=1.6, alpha=0.9, zorder=2)
@@ -83,8 +83,9 @@ def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float
     axes[0].set_title("gain vs forgetting (lines: each method's front)")
     axes[1].set_title("gain vs TriviaQA")
     axes[2].set_title("gain vs WikiText")
-    handles = [Line2D([], [], color=method_color(m, methods), marker="o", lw=1.6, label=m)
-               for m in methods]
+    done = set(fin["method"])
+    handles = [Line2D([], [], color=method_color(m, methods), marker="o", lw=1.6,
+                      label=m if m in done else f"{m} (no finished trials)") for m in methods]
     has_sel = fin["selector"].notna().any()
     handles += [Line2D([], [], color="0.35", marker=selector_marker(s, selectors), ls="none",
                        label=f"selector {s}") for s in selectors] if has_sel else []
@@ -94,7 +95,7 @@ def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float
                        ls="none", label="default point"),
                 Line2D([], [], color="0.3", ls=":", label=f"forgetting budget {budget:g}")]
     fig.legend(handles=handles, loc="outside right upper", fontsize=9)
-    fig.suptitle(f"{title}: {len(fin)} finished trials")
+    fig.suptitle(title)
     _save(fig, path)
 
 
@@ -104,8 +105,8 @@ def _strip(ax, smf: pd.DataFrame, col: str, selectors: list, ylabel: str) -> Non
         if v.empty:
             continue
         jitter = np.linspace(-0.18, 0.18, len(v)) if len(v) > 1 else np.zeros(1)  # (n,)
-        ax.scatter(i + jitter, v, marker=selector_marker(s, selectors), c="#1f77b4", alpha=0.6,
-                   s=30, zorder=3)
+        ax.scatter(i + jitter, v, marker=selector_marker(s, selectors),
+                   c=selector_color(s, selectors), alpha=0.7, s=36, zorder=3)
         ax.errorbar([i + 0.3], [v.mean()], yerr=[v.std(ddof=1) if len(v) > 1 else 0.0],
                     fmt="D", color="black", ms=5, capsize=4, zorder=4)
     ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
@@ -139,13 +140,18 @@ def _by_param(ax, smf: pd.DataFrame, pcol: str, ycol: str, selectors: list, xlab
         _empty(ax, f"no finished SMF trials with {pcol.removeprefix('params.')}")
         return
     d = smf.assign(_x=x).dropna(subset=["_x"])
-    for s, g in d.groupby(d["selector"].fillna(""), sort=False):
-        ax.scatter(g["_x"], g[ycol], marker=selector_marker(s or None, selectors), c="#1f77b4",
-                   alpha=0.6, s=30, label=selector_name(s or None), zorder=3)
+    logx = (d["_x"] > 0).all() and d["_x"].nunique() > 1
+    groups = list(d.groupby(d["selector"].fillna(""), sort=False))
+    for i, (s, g) in enumerate(groups):
+        shift = (i - (len(groups) - 1) / 2) * 0.05  # side by side, not on top of each other
+        x = g["_x"] * 2.0 ** shift if logx else g["_x"] + shift
+        ax.scatter(x, g[ycol], marker=selector_marker(s or None, selectors),
+                   c=selector_color(s or None, selectors), alpha=0.75, s=36,
+                   label=selector_name(s or None), zorder=3)
     mean = d.groupby("_x")[ycol].mean()
     ax.plot(mean.index, mean.values, color="black", marker="D", ms=5, lw=1.2, label="mean",
             zorder=4)
-    if (d["_x"] > 0).all() and d["_x"].nunique() > 1:
+    if logx:
         ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(d["_x"].unique()), [f"{v:g}" for v in sorted(d["_x"].unique())])
     ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)

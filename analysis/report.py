@@ -26,6 +26,10 @@ def num(mean, std=math.nan, n: int = 1, scale: float = 1.0, digits: int = 1,
     return s
 
 
+def _text(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) or v == "" else str(v)
+
+
 def _md_table(head: list, rows: list) -> list:
     esc = lambda c: str(c).replace("|", "\\|")  # noqa: E731
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -138,7 +142,7 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
     lines += ["", f"## Excluded trials ({len(bad)})", ""]
     if len(bad):
         lines += _md_table(["trial", "method", "status", "reason", "MLflow run"],
-                           [[t, m or "—", s, r or "—", f"`{rid}`"] for t, m, s, r, rid in
+                           [[t, _text(m), s, _text(r), f"`{rid}`"] for t, m, s, r, rid in
                             zip(bad["trial_id"], bad["method"], bad["status"],
                                 bad["failure_reason"], bad["run_id"])])
     else:

@@ -170,7 +170,12 @@ def _param_columns(df: pd.DataFrame) -> pd.DataFrame:
     for k in sorted(raw.columns):
         s = raw[k].where(raw[k].notna() & (raw[k] != "None"))
         num = pd.to_numeric(s, errors="coerce")
-        cols[f"params.{k}"] = num if num.notna().sum() == s.notna().sum() else s.astype(object)
+        if num.notna().sum() != s.notna().sum():
+            cols[f"params.{k}"] = s.astype(object)  # text (selector, method, paths)
+        elif s.dropna().astype(str).str.fullmatch(r"[+-]?\d+").all():
+            cols[f"params.{k}"] = num.astype("Int64")  # n_keys=128, not 128.0, beside NaN rows
+        else:
+            cols[f"params.{k}"] = num
     return pd.concat([df.drop(columns="_params"), pd.DataFrame(cols, index=df.index)], axis=1)
 
 

@@ -9,6 +9,8 @@ SELECTOR_MARKERS = {None: ("o", "circle"), "kl": ("s", "square"), "tfidf": ("^",
                     "tf": ("v", "triangle-down"), "random": ("X", "x")}
 EXTRA_MARKERS = [("P", "cross"), ("D", "diamond"), ("*", "star"), ("h", "hexagon"),
                  ("<", "triangle-left"), (">", "triangle-right")]
+# selector colours for SMF-only figures (selectors.png, memory.png); controls in muted tones
+SELECTOR_COLORS = {"kl": "#1f77b4", "tfidf": "#2ca02c", "tf": "#7f7f7f", "random": "#9467bd"}
 BASE_LABEL = "base model"
 NO_SELECTOR = "—"
 
@@ -29,6 +31,14 @@ def selector_marker(selector, selectors: list, plotly: bool = False) -> str:
     extra = [s for s in selectors if s not in SELECTOR_MARKERS]
     i = extra.index(key) if key in extra else 0
     return EXTRA_MARKERS[i % len(EXTRA_MARKERS)][int(plotly)]
+
+
+def selector_color(selector, selectors: list) -> str:
+    if selector in SELECTOR_COLORS:
+        return SELECTOR_COLORS[selector]
+    extra = [s for s in selectors if s not in SELECTOR_COLORS]
+    i = extra.index(selector) if selector in extra else 0
+    return EXTRA_COLORS[(i + 3) % len(EXTRA_COLORS)]
 
 
 def selector_name(selector) -> str:
