@@ -134,3 +134,15 @@ def test_config_roundtrip_and_unknown_keys():
     assert MemoryConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown"):
         MemoryConfig.from_dict({**cfg.to_dict(), "knn": 3})
+
+
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
+def test_autocast_bf16_training_keeps_fp32_values_and_grads(model_dtype):
+    model = tiny_qwen().to(model_dtype)
+    w = insert_memory(model, MemoryConfig(**SMALL))[0]
+    ids = torch.randint(0, 100, (2, 6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # embedding_bag is outside autocast's lists
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    v = w.memory.values
+    assert v.dtype == v.grad.dtype == torch.float32 and v.grad.abs().sum() > 0
