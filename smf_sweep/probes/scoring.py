@@ -1,0 +1,145 @@
+"""Batched log-likelihood scoring and greedy generation for causal LMs, shared by every probe.
+
+Both pack many sequences into one LEFT-padded forward pass with explicit position ids (each row
+counts its positions from its own first real token), so a row scores exactly as it would alone
+(tests compare against batch size 1 and against HF's own loss / generate). Only the logits of the
+positions that are scored are computed (`logits_to_keep`): with a 150k vocabulary the full logits
+of a batch would not fit in memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+# transformers 5.x renamed the KV-cache argument/field `past_key_values` -> `cache`
+_CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def max_positions(model) -> int | None:
+    """The model's context length from its config, if it states one."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def encode_pair(tokenizer, context: str, continuation: str, *, add_special_tokens: bool) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation), split where the context's own encoding ends.
+
+    Trailing spaces of the context move to the continuation and the two are tokenized together,
+    as lm-evaluation-harness's `_encode_pair` does: "Answer:" + " A" -> the tokens of " A"."""
+    n = len(context) - len(context.rstrip())
+    if n:
+        context, continuation = context[:-n], context[-n:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=add_special_tokens)["input_ids"]
+    return whole[:len(ctx)], whole[len(ctx):]
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, ...]:
+    """(ids, attention_mask, position_ids), each (B, T), rows right-aligned."""
+    B, T = len(rows), max(len(r) for r in rows)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[b, T - len(r):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0.. from each row's first real token
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+def _forward(model, ids, mask, pos, *, keep: int, use_cache: bool = False, cache=None):
+    kwargs = {_CACHE: cache} if cache is not None else {}
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=use_cache, logits_to_keep=keep,
+                **kwargs)
+    return out.logits[:, -keep:], getattr(out, _CACHE, None)  # (B, keep, V); slicing guards models that ignore keep
+
+
+@torch.inference_mode()
+def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int,
+                          batch_size: int = 8, max_length: int | None = None, progress: bool = False,
+                          desc: str = "scoring") -> list[np.ndarray]:
+    """Log-probability of every continuation token given its context, one float64 array per pair.
+
+    Each pair is (context ids, continuation ids), context non-empty. Input = (ctx + cont)[:-1],
+    left-truncated to `max_length` tokens (lm-evaluation-harness's rule) when given."""
+    device = model_device(model)
+    out: list[np.ndarray | None] = [None] * len(pairs)
+    order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # less padding
+    with tqdm(total=len(pairs), desc=desc, disable=not progress, leave=False) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            rows, conts = [], []
+            for i in idx:
+                ctx, cont = list(pairs[i][0]), list(pairs[i][1])
+                if not ctx or not cont:
+                    raise ValueError(f"pair {i}: empty context or continuation")
+                seq = ctx + cont
+                if max_length is not None:
+                    if len(cont) > max_length:
+                        raise ValueError(f"pair {i}: continuation of {len(cont)} tokens > max_length {max_length}")
+                    seq = seq[-(max_length + 1):]
+                rows.append(seq[:-1])
+                conts.append(cont)
+            ids, mask, pos = _left_pad(rows, pad_id, device)
+            K = max(len(c) for c in conts)
+            logits, _ = _forward(model, ids, mask, pos, keep=K)  # (B, K, V)
+            for b, (i, cont) in enumerate(zip(idx, conts)):
+                lp = torch.log_softmax(logits[b, K - len(cont):].float(), dim=-1)  # (c, V), one row at a time
+                tgt = torch.tensor(cont, device=lp.device)[:, None]  # (c, 1)
+                out[i] = lp.gather(-1, tgt)[:, 0].double().cpu().numpy()
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+@torch.inference_mode()
+def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int,
+                    eos_ids: Sequence[int] = (), stop: Callable[[list[int]], bool] | None = None,
+                    batch_size: int = 8, progress: bool = False, desc: str = "generating") -> list[list[int]]:
+    """Greedy continuations (argmax, ties to the lowest id), one token list per prompt.
+
+    A row finishes after an `eos_ids` token (kept in its output) or when `stop(tokens)` is true;
+    the batch stops when every row has finished or after `max_new_tokens`. Pure argmax: none of
+    the model's generation_config (temperature, repetition penalty, …) applies."""
+    device = model_device(model)
+    eos = set(eos_ids)
+    out: list[list[int] | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    with tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s:s + batch_size]
+            gen = _greedy_batch(model, [list(prompts[i]) for i in idx], max_new_tokens, pad_id, eos, stop, device)
+            for i, g in zip(idx, gen):
+                out[i] = g
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def _greedy_batch(model, rows, max_new_tokens, pad_id, eos, stop, device) -> list[list[int]]:
+    if any(not r for r in rows):
+        raise ValueError("empty prompt")
+    gen: list[list[int]] = [[] for _ in rows]
+    done = [False] * len(rows)
+    if max_new_tokens <= 0:
+        return gen
+    ids, mask, pos = _left_pad(rows, pad_id, device)
+    logits, cache = _forward(model, ids, mask, pos, keep=1, use_cache=True)  # (B, 1, V)
+    for step in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(-1).tolist()  # (B,)
+        for b, t in enumerate(nxt):
+            if not done[b]:
+                gen[b].append(t)
+                done[b] = t in eos or (stop is not None and stop(gen[b]))
+        if all(done) or step == max_new_tokens - 1:
+            break
+        feed = torch.tensor([[pad_id if d else t] for t, d in zip(nxt, done)], device=device)  # (B, 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)  # (B, T+step+1)
+        pos = pos[:, -1:] + 1  # (B, 1)
+        logits, cache = _forward(model, feed, mask, pos, keep=1, use_cache=True, cache=cache)
+    return gen

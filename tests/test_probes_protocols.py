@@ -1,0 +1,179 @@
+"""The probes' protocols: numbers that follow from the definitions (uniform model, scripted model),
+window plans, normalisation, and the lm-evaluation-harness variants."""
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from tiny_lm import FIXTURES, ScriptedLM, tiny_model, tiny_tokenizer  # noqa: E402
+
+from smf_sweep.data.formats import triviaqa_harness_prompt, triviaqa_prompt  # noqa: E402
+from smf_sweep.probes import PROBES, ProbeSpec, run_probes  # noqa: E402
+from smf_sweep.probes.medmcqa import first_argmax  # noqa: E402
+from smf_sweep.probes.triviaqa import (HARNESS_UNTIL, alias_in_output, harness_exact_match,  # noqa: E402
+                                       harness_postprocess, normalize_answer)
+from smf_sweep.probes.wikitext import (count_words, rolling_windows, sliding_windows,  # noqa: E402
+                                       wikitext_detokenize)
+
+WORLD = f"world:{FIXTURES / 'world'}"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def uniform(tok):
+    return tiny_model(len(tok) + 7, uniform=True, max_positions=64)  # model vocab > tokenizer's, as in Qwen
+
+
+def test_registry_and_declarations():
+    assert PROBES.names() == [f"{t}:{v}" for t in ("medmcqa", "triviaqa", "wikitext") for v in ("harness", "study")]
+    for name in PROBES:
+        p = PROBES[name]()
+        assert (p.task, p.variant) == tuple(name.split(":"))
+        assert p.version and p.metric and isinstance(p.higher_is_better, bool) and "/" in p.hub_id
+    assert PROBES["wikitext:study"].higher_is_better is False and PROBES["medmcqa:study"].higher_is_better
+    assert PROBES["medmcqa:study"].default_limit == 1000 and PROBES["triviaqa:study"].default_limit == 1000
+
+
+def test_uniform_model_token_perplexity_is_vocab_size(tok, uniform):
+    V = uniform.config.vocab_size
+    lines = PROBES["wikitext:study"]().load(WORLD)
+    r = PROBES["wikitext:study"](max_length=1024, stride=512).run(uniform, tok, lines, batch_size=3)
+    assert r.value == pytest.approx(V, rel=1e-4)
+    assert (r.extras["max_length"], r.extras["stride"]) == (64, 32)  # capped at the model's 64 positions
+    assert r.version == "1+L64S32" and r.extras["windows"] > 2
+    assert r.extras["tokens"] == len(tok("\n\n".join(lines), add_special_tokens=False)["input_ids"]) - 1
+
+
+def test_uniform_model_word_perplexity_counts_words_of_the_original_page(tok, uniform):
+    V = uniform.config.vocab_size
+    pages = PROBES["wikitext:harness"]().load(WORLD)
+    r = PROBES["wikitext:harness"](max_length=32).run(uniform, tok, pages, batch_size=4)
+    tokens = sum(len(tok(wikitext_detokenize(p))["input_ids"]) for p in pages)   # every token scored once
+    words = sum(len(re.split(r"\s+", p)) for p in pages)                          # of the ORIGINAL pages
+    assert (r.extras["tokens"], r.extras["words"]) == (tokens, words)
+    assert r.extras["token_perplexity"] == pytest.approx(V, rel=1e-4)
+    assert r.value == pytest.approx(V ** (tokens / words), rel=1e-4)            # exp(-Σll / #words)
+    assert r.extras["byte_perplexity"] == pytest.approx(V ** (tokens / sum(len(p.encode()) for p in pages)), rel=1e-4)
+    assert r.metric == "word_perplexity" and r.version == "1+L32"
+
+
+def test_uniform_model_medmcqa_ties_go_to_option_a(tok, uniform):
+    for variant in ("study", "harness"):
+        probe = PROBES[f"medmcqa:{variant}"]()
+        data = probe.load(WORLD)
+        r = probe.run(uniform, tok, data, batch_size=5)
+        assert [it["pred"] for it in r.items] == [0] * len(data)
+        assert r.value == pytest.approx(sum(d["cop"] == 0 for d in data) / len(data))
+    assert first_argmax([-1.0, -0.5, -0.5, -2.0]) == 1
+
+
+def test_study_windows_score_each_token_once():
+    assert sliding_windows(10, 4, 2) == [(0, 4, 3), (2, 6, 2), (4, 8, 2), (6, 10, 2)]
+    for n, L, S in [(1000, 64, 32), (100, 64, 32), (64, 64, 32), (5, 64, 32), (97, 16, 5), (2, 4, 3)]:
+        scored = [i for b, e, k in sliding_windows(n, L, S) for i in range(e - k, e)]
+        assert scored == list(range(1, n))
+        assert all(e - b <= L and k <= e - b - 1 for b, e, k in sliding_windows(n, L, S))
+    with pytest.raises(ValueError):
+        sliding_windows(10, 4, 4)
+
+
+def test_harness_rolling_windows_match_get_rolling_token_windows():
+    # by hand from lm_eval.utils.get_rolling_token_windows(context_len=1) + make_disjoint_window
+    assert rolling_windows(list(range(10)), -1, 4) == [([-1], [0, 1, 2, 3]), ([3], [4, 5, 6, 7]), ([5, 6, 7], [8, 9])]
+    assert rolling_windows([7, 8], -1, 4) == [([-1], [7, 8])]
+    assert rolling_windows(list(range(8)), -1, 4) == [([-1], [0, 1, 2, 3]), ([3], [4, 5, 6, 7])]
+    assert rolling_windows([], -1, 4) == []
+    for n, L in [(1, 4), (50, 7), (64, 8), (65, 8)]:
+        w = rolling_windows(list(range(n)), -1, L)
+        assert [t for _, c in w for t in c] == list(range(n))              # each token once, in order
+        assert all(len(x) + len(c) <= L + 1 and x for x, c in w)           # fits, context never empty
+        assert all(len(c) == L for _, c in w[:-1])                          # disjoint full windows
+
+
+def test_wikitext_detokenizer_and_word_count():
+    page = " = Tessaly = \n The accord ended in 1742 , after 3 @,@ 000 days ( of talks ) . It 's \" done \" . \n"
+    assert wikitext_detokenize(page) == ' = Tessaly =\nThe accord ended in 1742, after 3,000 days (of talks). It\'s "done".\n'
+    assert wikitext_detokenize("a @-@ b = = c = = d @.@ 5") == "a-b == c == d.5"
+    assert count_words(" a  b\nc ") == 5  # re.split gives ['', 'a', 'b', 'c', '']
+    assert count_words("a @-@ b") == 3 and count_words(wikitext_detokenize("a @-@ b")) == 1
+
+
+@pytest.mark.parametrize("text, norm", [
+    ("The Beatles!", "beatles"), ("An apple a day", "apple day"), ("Rock_and_Roll", "rock and roll"),
+    ("  Hello,   World. ", "hello world"), ("\u2018Quoted\u2019 `x\u00b4", "quoted x"), ("anthem", "anthem"),
+    ("U.S.A.", "u s"), ("Théâtre", "théâtre"), ("", ""),
+])
+def test_triviaqa_normaliser(text, norm):  # "U.S.A." -> "u s a" -> the lone "a" is an article
+    assert normalize_answer(text) == norm
+
+
+def test_study_alias_substring_rule():
+    assert alias_in_output("It was the Beatles, I think.", ["The Beatles", "Fab Four"])
+    assert alias_in_output("London? No: PARIS", ["paris"])
+    assert alias_in_output("Castelmar-on-Sea", ["Castelmar"])               # substring of the output
+    assert alias_in_output("concatenate", ["cat"])                           # character substring, as the study
+    assert not alias_in_output("Beat", ["Beatles"])                          # the alias must be inside the output
+    assert not alias_in_output("the answer is unknown", ["", "The", "a"])    # empty normalised aliases never match
+    assert not alias_in_output("", ["x"])
+
+
+def test_harness_exact_match_and_postprocess():
+    assert harness_exact_match("Paris", ["London", "paris"])
+    assert harness_exact_match("U.S.A", ["USA"])
+    assert not harness_exact_match("The Paris", ["Paris"])          # no article removal
+    assert not harness_exact_match("New York", ["new-york"])       # punctuation is deleted, not spaced
+    assert not harness_exact_match("Paris France", ["Paris"])      # exact, not substring
+    until = HARNESS_UNTIL + ("<|endoftext|>",)
+    assert harness_postprocess(" Paris, France.\nmore", until) == "Paris"
+    assert harness_postprocess(" 3.14 is pi", until) == "3"
+    assert harness_postprocess(" Castelmar<|endoftext|> x", until) == "Castelmar"
+
+
+def scripted(tok, answer: str, prompts: list[str]):
+    """A model whose greedy output after any of `prompts` is `answer` then EOS."""
+    ends = {tuple(tok(p)["input_ids"][-2:]) for p in prompts}
+    ans = tok(answer)["input_ids"] + [tok.eos_token_id]
+    table = {e: ans[0] for e in ends} | {(e[1], ans[0]): ans[1] for e in ends}
+    table |= {(a, b): c for a, b, c in zip(ans, ans[1:], ans[2:])}
+    assert len(table) == len(ends) * 2 + len(ans) - 2  # no ambiguous pair
+    return ScriptedLM(table, len(tok), default=tok.eos_token_id)
+
+
+def test_triviaqa_protocols_end_to_end(tok):
+    study, harness = PROBES["triviaqa:study"](), PROBES["triviaqa:harness"]()
+    data = study.load(WORLD)
+    assert data[0]["aliases"] == ["Castelmar", "Castel Mar", "City of Castelmar"] and len(data) == 5
+    prompts = [triviaqa_prompt(d["question"]) for d in data] + [triviaqa_harness_prompt(d["question"]) for d in data]
+    model = scripted(tok, " City of Castelmar, by the sea", prompts)
+    s = study.run(model, tok, data, batch_size=2)
+    assert [it["output"] for it in s.items] == ["City of Castelmar, by the sea"] * 5
+    assert [it["correct"] for it in s.items] == [True, False, False, False, False] and s.value == 0.2
+    h = harness.run(model, tok, harness.load(WORLD), batch_size=3)
+    assert [it["output"] for it in h.items] == ["City of Castelmar"] * 5    # cut at ","
+    assert h.value == 0.2 and h.metric == "exact_match"
+    model = scripted(tok, " Castelmar-on-Sea", prompts)                    # substring yes, exact no
+    assert study.run(model, tok, data).value == 0.2
+    assert harness.run(model, tok, data).value == 0.0
+
+
+def test_run_probes_and_limits(tok, uniform):
+    specs = [ProbeSpec("medmcqa", source=WORLD, limit=2), {"task": "wikitext", "variant": "harness", "source": WORLD,
+                                                           "options": {"max_length": 16}, "name": "wt"},
+             ProbeSpec("triviaqa", source=WORLD, limit=0, options={"max_new_tokens": 3})]
+    out = run_probes(uniform, tok, specs, batch_size=4)
+    assert list(out) == ["medmcqa", "wt", "triviaqa"]
+    assert (out["medmcqa"].n, out["wt"].n, out["triviaqa"].n) == (2, 2, 5)
+    d = out["wt"].to_dict()
+    assert {"task", "variant", "metric", "value", "higher_is_better", "n", "version", "extras"} <= set(d)
+    assert "items" not in d and out["wt"].name == "wikitext:harness"
+    with pytest.raises(ValueError, match="distinct"):
+        run_probes(uniform, tok, [ProbeSpec("medmcqa", source=WORLD), ProbeSpec("medmcqa", "harness", source=WORLD)])
+    with pytest.raises(KeyError, match="known: medmcqa:harness"):
+        run_probes(uniform, tok, [ProbeSpec("medmcqa", "lm-eval", source=WORLD)])
