@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=1.0,
                    help="forgetting budget for 'best within budget' (forgetting <= budget; "
                         "default 1.0, the study's 'within ~1 point')")
+    p.add_argument("--ignore-param", action="append", default=[], metavar="KEY",
+                   help="a param to leave out when grouping trials into configs (seeds are always"
+                        " left out); repeatable, e.g. a per-trial output path")
     return p.parse_args(argv)
 
 
@@ -50,7 +53,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from analysis import interactive, plots, report, runs, summary  # heavy: mlflow, matplotlib
 
-    sweep = runs.load(src)
+    sweep = runs.load(src, frozenset(args.ignore_param))
     df = sweep.trials
     fin = runs.finished(df)
     counts = summary.status_counts(df, fin)

@@ -4,6 +4,7 @@ Figure sizes are fixed (no tight bbox), so each PNG has a known pixel size: SIZE
 """
 from __future__ import annotations
 
+import matplotlib.patheffects as pe
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,6 +45,8 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign,
     ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
     ax.axvline(0, color="0.6", lw=0.8, ls="--", zorder=0)
     cost = fin[xcol] * sign
+    size, alpha = (50, 0.85) if len(fin) <= 200 else (18, 0.45)  # many trials: fronts stay legible
+    halo = [pe.Stroke(linewidth=3.6, foreground="white"), pe.Normal()]
     for m in methods:
         sub = fin[fin["method"] == m]
         if sub.empty:
@@ -51,17 +54,18 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign,
         color = method_color(m, methods)
         for s, g in sub.groupby(sub["selector"].fillna(""), sort=False):
             ax.scatter(g[xcol], g[GAIN], c=color, marker=selector_marker(s or None, selectors),
-                       s=50, alpha=0.85, edgecolors="white", linewidths=0.5, zorder=3)
+                       s=size, alpha=alpha, edgecolors="white", linewidths=0.5, zorder=3)
         pts = sub.assign(_c=cost[sub.index])
         front = pts[pareto_mask(pts, GAIN, "_c")].sort_values(["_c", GAIN])
-        ax.step(front[xcol], front[GAIN], where="post", color=color, lw=1.6, alpha=0.9, zorder=2)
+        ax.step(front[xcol], front[GAIN], where="post", color=color, lw=1.8, zorder=4,
+                path_effects=halo)
     ax.scatter([0], [0], marker="*", s=260, c="gold", edgecolors="black", linewidths=1.0,
-               zorder=5)
+               zorder=6)
     ax.annotate(BASE_LABEL, (0, 0), xytext=(6, -12), textcoords="offset points", fontsize=8)
     seen = set()
     for _, r in fin[fin["default_point"]].iterrows():
         ax.scatter([r[xcol]], [r[GAIN]], s=120, facecolors="none", edgecolors="black",
-                   linewidths=1.2, zorder=4)
+                   linewidths=1.2, zorder=5)
         label = _default_label(r)
         if label not in seen:  # one label per default config, not per seed
             seen.add(label)

@@ -10,7 +10,8 @@ from analysis.runs import Sweep
 from analysis.summary import (CONTROLS, METHOD_ORDER, SELECTOR_ORDER, aggregate, best, by_value,
                               ordered, with_retrofit_deltas)
 
-HEAD = ["row", "method", "config", "seeds", "MedMCQA acc (%)", "Δ (pp)", "WikiText ppl", "Δ (%)",
+MAX_LISTED = 4  # trials listed per table row; the rest are in fronts.csv / MLflow
+HEAD = ["row", "method", "config", "n", "MedMCQA acc (%)", "Δ (pp)", "WikiText ppl", "Δ (%)",
         "TriviaQA acc (%)", "Δ (pp)", "forgetting", "trials (MLflow run)"]
 N_KEYS, TOP_T = "params.smf.n_keys", "params.smf.top_t"
 
@@ -50,6 +51,13 @@ def _cells(r: pd.Series, pre: str = "", post: str = "") -> list:
     return cells
 
 
+def _listed(r: pd.Series) -> str:
+    items = r["trials"]
+    if len(items) <= MAX_LISTED:
+        return ", ".join(items)
+    return ", ".join(items[:MAX_LISTED - 1]) + f", … and {len(items) - MAX_LISTED + 1} more"
+
+
 def _main_rows(sweep: Sweep, agg: pd.DataFrame, methods: list, df: pd.DataFrame,
                budget: float) -> list:
     b = sweep.base
@@ -72,7 +80,7 @@ def _main_rows(sweep: Sweep, agg: pd.DataFrame, methods: list, df: pd.DataFrame,
                 continue
             seeds = int(r["n"])
             rows.append([f"{m}: {label}", m, r["config"] or "—", seeds] + _cells(r)
-                        + [num(r[COST], r.get(COST + ":std"), seeds, digits=2), r["trials"]])
+                        + [num(r[COST], r.get(COST + ":std"), seeds, digits=2), _listed(r)])
             if pd.notna(r.get("retrofit/medmcqa")) or pd.notna(r.get("retrofit/triviaqa")):
                 rows.append(["  ↳ its retrofit checkpoint", m, "", seeds] + _cells(r, "retrofit/")
                             + ["—", "(retrofit probes, before the SMF stage)"])
@@ -124,14 +132,14 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
     excluded = {k: v for k, v in counts.items() if k != "finished"}
     lines = [f"# Pareto summary: {sweep.experiment_name}", "",
              f"- store: `{sweep.tracking_uri}`, experiment id {sweep.experiment_id}, parent run "
-             f"`{sweep.parent_run_id}`",
+             f"`{sweep.parent_run_id or 'none found'}`",
              f"- trials: {counts['finished']} finished (used)"
              + "".join(f", {v} {k} (excluded)" for k, v in excluded.items()),
              "- objectives: MedMCQA gain in pp (maximise) and forgetting (minimise; by default the"
              " mean of the TriviaQA drop in pp and the WikiText perplexity increase in %);"
              f" forgetting budget ≤ {budget:g}",
-             "- a row is one config (all params but the seed): mean ± std over its seeds;"
-             " 'best' = highest mean gain (ties: lower forgetting)"]
+             "- a row is one config (all params but the seed): mean ± std over its n trials"
+             " (seeds); 'best' = highest mean gain (ties: lower forgetting)"]
     hashes = df["spec_hash"].dropna().unique()
     if len(hashes) > 1 or (sweep.spec_hash and len(hashes) == 1 and hashes[0] != sweep.spec_hash):
         lines.append(f"- **warning**: trials come from spec hashes {sorted(hashes)}"

@@ -141,14 +141,14 @@ def _is_seed(key: str) -> bool:
     return key == "seed" or key.endswith(".seed")
 
 
-def _configs(df: pd.DataFrame) -> None:
-    """config_key (all params but seeds and other methods' params) and a short `config`."""
+def _configs(df: pd.DataFrame, ignore: frozenset = frozenset()) -> None:
+    """config_key (all params but seeds, `ignore` and other methods' params) and a short `config`."""
     methods = {m for m in df["method"].dropna().unique()}
     own = []
     for m, p in zip(df["method"], df["_params"]):
         others = tuple(f"{o}." for o in methods if o != m)
-        own.append({k: v for k, v in p.items()
-                    if not _is_seed(k) and k != "method" and not k.startswith(others)})
+        own.append({k: v for k, v in p.items() if not _is_seed(k) and k != "method"
+                    and k not in ignore and not k.startswith(others)})
     df["config_key"] = [f"{m}|" + ";".join(f"{k}={v}" for k, v in sorted(p.items()))
                         for m, p in zip(df["method"], own)]
     varying: dict = {}
@@ -179,8 +179,12 @@ def _param_columns(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df.drop(columns="_params"), pd.DataFrame(cols, index=df.index)], axis=1)
 
 
-def trials_frame(runs: list) -> pd.DataFrame:
-    """Trial runs -> DataFrame (COLUMNS first, then params.*, then other metrics)."""
+def trials_frame(runs: list, ignore: frozenset = frozenset()) -> pd.DataFrame:
+    """Trial runs -> DataFrame (COLUMNS first, then params.*, then other metrics).
+
+    ignore: params left out of config_key/config (e.g. a per-trial output path that would keep
+    seeds of one config from being grouped); they stay as params.* columns.
+    """
     if not runs:
         df = pd.DataFrame(columns=COLUMNS)
         return df
@@ -188,7 +192,7 @@ def trials_frame(runs: list) -> pd.DataFrame:
     for c in ("start_time", "end_time"):
         df[c] = pd.to_datetime(df[c], unit="ms", utc=True)
     _fill_derived(df)
-    _configs(df)
+    _configs(df, ignore)
     df = _param_columns(df)
     df = df.sort_values(["start_time", "trial_id"], kind="stable").reset_index(drop=True)
     rest = [c for c in df.columns if c not in COLUMNS]
@@ -203,7 +207,7 @@ def _pick_parent(parents: list, trials: list):
     return max(parents, key=lambda p: (refs.get(p.info.run_id, 0), p.info.start_time or 0))
 
 
-def load(src: Source) -> Sweep:
+def load(src: Source, ignore: frozenset = frozenset()) -> Sweep:
     client = MlflowClient(tracking_uri=src.tracking_uri)
     try:
         exp = _experiment(client, src.experiment, src.tracking_uri)
@@ -216,7 +220,7 @@ def load(src: Source) -> Sweep:
     if not trials and not any(role(r) for r in runs):  # a store logged without role tags
         trials = [r for r in runs if "method" in r.data.tags or "method" in r.data.params]
     parent = _pick_parent(parents, trials)
-    df = trials_frame(trials)
+    df = trials_frame(trials, ignore)
     base, base_source = {}, ""
     if parent is not None:
         base = {t: parent.data.metrics[f"base/{t}"] for t in TASKS

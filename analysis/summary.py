@@ -68,7 +68,7 @@ def aggregate(fin: pd.DataFrame) -> pd.DataFrame:
         r = {"config_key": key, "method": g["method"].iloc[0], "selector": g["selector"].iloc[0],
              "config": g["config"].iloc[0], "n": len(g),
              "default_point": bool(g["default_point"].any()),
-             "trials": ", ".join(f"{t} (`{rid}`)" for t, rid in zip(g["trial_id"], g["run_id"])),
+             "trials": [f"{t} (`{rid}`)" for t, rid in zip(g["trial_id"], g["run_id"])],
              "run_ids": list(g["run_id"])}
         for c in cols:
             v = pd.to_numeric(g[c], errors="coerce")
