@@ -1,0 +1,123 @@
+"""Full finetuning under DeepSpeed ZeRO (SMF_SPEC §5): every weight trains; ZeRO shards optimizer
+state (stage 2, default) or also the weights (stage 3) across workers. bf16 on GPU, fp32 on CPU
+(where DeepSpeed uses its CPU accelerator and gloo)."""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .base import Setup, SetupContext, warmup_cosine
+
+
+@dataclass
+class FullConfig:
+    zero_stage: int = 2                  # ZeRO-2: shard optimizer state + gradients; 3: also weights
+    gradient_checkpointing: bool = False  # QWEN uses it on GPU to fit batch 16; off on tiny models
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"full.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+
+
+def _skip_cpu_shm_build() -> None:
+    """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op (1–2 min) the first time its
+    comm backend starts. gloo does the same job for this project's sizes: mark the op incompatible
+    (DeepSpeed keeps this dict for the process) so it falls back without compiling."""
+    import deepspeed.ops
+
+    if not torch.cuda.is_available():
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def _ensure_process_group() -> None:
+    """DeepSpeed needs torch.distributed; Ray Train has set it up on workers. A bare process (a unit
+    test, a single-worker run outside Ray) gets a one-rank gloo group on loopback."""
+    if torch.distributed.is_initialized():
+        return
+    import deepspeed
+
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
+        os.environ.setdefault(k, v)
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+class DeepSpeedStepper:
+    """engine.backward / engine.step; DeepSpeed itself accumulates, clips and schedules."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def backward(self, loss: torch.Tensor, n_micro: int) -> None:
+        self.engine.backward(loss)            # DeepSpeed divides by gradient_accumulation_steps
+
+    def micro_step(self, boundary: bool) -> None:
+        if not boundary:
+            self.engine.step()                # DeepSpeed's bookkeeping of micro-steps; no update
+
+    def step(self) -> dict[str, float]:
+        self.engine.step()                    # at the boundary: clip, optimizer, scheduler
+        norm = self.engine.get_global_grad_norm()
+        return {} if norm is None else {"grad_norm": float(norm)}
+
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save(self, path: Path) -> None:
+        self.engine.save_checkpoint(str(path), tag="ds")   # every rank writes its shard
+
+    def load(self, path: Path) -> None:
+        self.engine.load_checkpoint(str(path), tag="ds")
+
+
+class Full:
+    name = "full"
+    Config = FullConfig
+
+    def setup(self, model, cfg: FullConfig, ctx: SetupContext) -> Setup:
+        import deepspeed
+
+        _skip_cpu_shm_build()
+        _ensure_process_group()
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        gpu = ctx.device.type == "cuda"
+        t = ctx.train
+        ds_config = {
+            "train_micro_batch_size_per_gpu": t.micro_batch_size,
+            "gradient_accumulation_steps": t.grad_accum,
+            "gradient_clipping": t.grad_clip or 0.0,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(cfg.betas), "eps": 1e-8,
+                                                      "weight_decay": t.weight_decay, "torch_adam": True}},
+            "bf16": {"enabled": gpu and t.precision in ("auto", "bf16")},
+            "steps_per_print": 10 ** 9,
+            "wall_clock_breakdown": False,
+        }
+        lr_lambda = warmup_cosine(t.warmup_steps, ctx.total_steps, t.lr_floor)
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+
+        def export():
+            if cfg.zero_stage < 3:
+                return engine.module
+            state = engine._zero3_consolidated_16bit_state_dict()   # collective: every rank calls it
+            fresh = type(engine.module)(engine.module.config)
+            if ctx.rank == 0:
+                fresh.load_state_dict(state, strict=False)
+            return fresh.to(ctx.device)
+
+        return Setup(model=engine, stepper=DeepSpeedStepper(engine), export=export,
+                     trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                     info={"zero_stage": cfg.zero_stage})

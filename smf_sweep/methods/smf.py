@@ -1,0 +1,200 @@
+"""Sparse Memory Finetuning (SMF_SPEC §2–§4): product-key memory layers put into the pretrained
+model; each step trains only the value rows its batch reads most (by the chosen selector).
+
+setup() orchestrates the stages, each cached by content so trials share them:
+  1. insert memory (init seeded by the trial's seed);
+  2. `replace` / `additive`: dense retrofit of all memory parameters on general text, base frozen —
+     run by THE training loop (ctx.run_stage) — and probes of the retrofit checkpoint;
+     `zero_values` needs none (function-preserving at init);
+  3. background statistics (one no-grad pass over general text);
+  4. the sparse stage's Setup: values only, row-masked optimizer, SparseUpdater hooks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
+                      compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
+                      save_memory)
+from .base import Hooks, Setup, SetupContext, TorchStepper, warmup_cosine
+
+
+@dataclass
+class SMFConfig:
+    # the memory (QWEN defaults for Qwen2.5-0.5B; the world's spec shrinks them)
+    layers: tuple[int, ...] = (6, 12, 18)  # QWEN: layers 6, 12, 18 of 24
+    n_keys: int = 128                     # memory size: n_keys² slots per layer (QWEN 16,384)
+    heads: int = 4                        # QWEN/BERGES
+    k: int = 16                           # slots read per head per token (QWEN)
+    d_k: int = 256                        # query size per head (QWEN)
+    v_dim: int | None = None              # None = the model's hidden size
+    mode: str = "additive"                # QWEN default; "zero_values" is ours (no retrofit needed)
+    alpha_init: float = 0.01              # QWEN: α of the additive mode
+    count_padding: bool = False           # [ours] pads are not accesses; True = QWEN's code
+    # the sparse update
+    selector: str = "kl"                  # QWEN's KL selector; tfidf = LIN; tf, random = controls
+    top_t: int = 512                      # QWEN: 512 rows per layer per selection
+    granularity: str = "micro"            # QWEN selects per micro-batch; "step" = LIN (per optimizer batch)
+    optimizer: str = "adamw"              # [ours] leak-free row-masked AdamW; "adamw_leaky" = QWEN's code; "sgd" = LIN
+    # dense retrofit (QWEN: OASST1 assistant turns, 2 epochs, lr 5e-4 cosine, AdamW wd 0, batch 16)
+    retrofit_epochs: float = 2.0
+    retrofit_lr: float = 5e-4
+    retrofit_max_steps: int | None = None  # cap (smoke runs)
+    retrofit_micro_batch_size: int = 4
+    retrofit_grad_accum: int = 4
+    retrofit_warmup_steps: int = 100
+    retrofit_max_len: int = 1024
+    # background statistics (QWEN: 2000 single-sequence OASST1 batches; LIN: 1000 DCLM batches)
+    background_batches: int = 2000
+    background_batch_size: int = 1
+
+    def __post_init__(self):
+        self.layers = tuple(self.layers)
+        self.memory()  # validates the memory fields
+        for name, value, allowed in (("selector", self.selector, SELECTORS.names()),
+                                     ("granularity", self.granularity, list(GRANULARITIES)),
+                                     ("optimizer", self.optimizer, OPTIMIZERS.names())):
+            if value not in allowed:
+                raise ValueError(f"smf.{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
+        if self.top_t < 1:
+            raise ValueError(f"smf.top_t must be >= 1, got {self.top_t}")
+        if self.background_batches < 1:
+            raise ValueError("smf.background_batches must be >= 1")
+
+    def memory(self) -> MemoryConfig:
+        names = {f.name for f in fields(MemoryConfig)}
+        return MemoryConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+    @property
+    def needs_retrofit(self) -> bool:
+        return self.mode in ("replace", "additive")
+
+
+def _digest(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _model_fingerprint(model) -> str:
+    """Cheap identity of the base weights: name, shape and a few sums per tensor."""
+    h = hashlib.sha256()
+    for n, p in model.state_dict().items():
+        t = p.detach().float()
+        h.update(f"{n}{tuple(t.shape)}{t.sum().item():.6e}{t.abs().sum().item():.6e}".encode())
+    return h.hexdigest()[:16]
+
+
+class _SparseHooks(Hooks):
+    def __init__(self, updater: SparseUpdater):
+        self.updater = updater
+
+    def after_forward(self, batch):
+        self.updater.after_forward(batch["attention_mask"])
+
+    def before_step(self):
+        return {f"rows/L{i}": float(n) for i, n in self.updater.before_step().items()}
+
+    def close(self):
+        self.updater.close()
+
+
+class SMF:
+    name = "smf"
+    Config = SMFConfig
+
+    def setup(self, model, cfg: SMFConfig, ctx: SetupContext) -> Setup:
+        mem = cfg.memory()
+        base_fp = _model_fingerprint(model)
+        gen = torch.Generator().manual_seed(ctx.seed)
+        insert_memory(model, mem, generator=gen)
+        model.to(ctx.device)
+        info: dict = {}
+        if cfg.needs_retrofit:
+            info.update(self._retrofit(model, cfg, ctx, base_fp))
+        bg = self._background(model, cfg, ctx)
+        values = freeze_for_sparse(model)
+        opt = OPTIMIZERS[cfg.optimizer](values, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
+        stepper = TorchStepper(values, opt, warmup_cosine(ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
+                               ctx.train.grad_clip, world_size=ctx.world_size)
+        reduce = None
+        if ctx.world_size > 1:
+            def reduce(c):
+                torch.distributed.all_reduce(c)
+                return c
+        updater = SparseUpdater(model, opt, cfg.selector, cfg.top_t, cfg.granularity, background=bg,
+                                count_padding=cfg.count_padding,
+                                generator=torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1),
+                                reduce_counts=reduce)
+        info.update(slots_per_layer=mem.n_slots, memory_layers=list(mem.layers))
+        return Setup(model=model, stepper=stepper, export=lambda: model, hooks=_SparseHooks(updater),
+                     trainable=sum(v.numel() for v in values), info=info)
+
+    # -- stage 2: dense retrofit, cached ------------------------------------------------------------
+    def _retrofit(self, model, cfg: SMFConfig, ctx: SetupContext, base_fp: str) -> dict:
+        from ..batching import Batcher, text_examples
+        from ..data import oasst1_texts
+        from ..train_loop import TrainConfig
+
+        rt = TrainConfig(lr=cfg.retrofit_lr, epochs=cfg.retrofit_epochs, max_steps=cfg.retrofit_max_steps,
+                         micro_batch_size=cfg.retrofit_micro_batch_size, grad_accum=cfg.retrofit_grad_accum,
+                         max_len=cfg.retrofit_max_len, warmup_steps=cfg.retrofit_warmup_steps, weight_decay=0.0,
+                         grad_clip=ctx.train.grad_clip, precision=ctx.train.precision,
+                         log_every=ctx.train.log_every)
+        source = ctx.data["retrofit"]
+        key = _digest("retrofit", base_fp, cfg.memory().to_dict(), source, rt.to_dict(), ctx.seed, ctx.world_size)
+        path = Path(ctx.cache_dir or ".") / "retrofits" / key
+        done = path / "memory.pt"
+        if not done.exists():
+            texts = list(oasst1_texts(source, "train"))
+            params = freeze_for_retrofit(model)
+            opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=0.0)
+            batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=rt.micro_batch_size,
+                              max_len=rt.max_len, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
+            total = rt.total_steps(batcher.per_epoch)
+            stepper = TorchStepper(params, opt, warmup_cosine(rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
+            ctx.run_stage(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt,
+                          stage="retrofit", total_steps=total)
+            if ctx.rank == 0:
+                probes = ctx.probe(model) if ctx.probe else {}
+                tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+                save_memory(model, tmp / "memory.pt")
+                (tmp / "retrofit.json").write_text(json.dumps({"probes": probes, "train": rt.to_dict(),
+                                                               "source": source, "steps": total}, indent=1))
+                if not path.exists():
+                    tmp.rename(path)
+            if ctx.world_size > 1:
+                torch.distributed.barrier()
+        load_memory(model, done)
+        model.to(ctx.device)
+        meta = json.loads((path / "retrofit.json").read_text())
+        return {"retrofit_key": key, "retrofit_probes": meta["probes"]}
+
+    # -- stage 3: background statistics, cached ---------------------------------------------------
+    def _background(self, model, cfg: SMFConfig, ctx: SetupContext) -> BackgroundStats | None:
+        from ..memory import addressing_fingerprint
+
+        if cfg.selector not in ("kl", "tfidf"):
+            return None
+        from ..batching import Batcher, text_examples
+        from ..data import oasst1_texts
+
+        source = ctx.data["retrofit"]
+        key = _digest("background", addressing_fingerprint(model), source, cfg.background_batches,
+                      cfg.background_batch_size, cfg.count_padding, cfg.retrofit_max_len)
+        path = Path(ctx.cache_dir or ".") / "background" / f"{key}.pt"
+        if not path.exists():
+            texts = list(oasst1_texts(source, "train"))
+            batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=cfg.background_batch_size,
+                              max_len=cfg.retrofit_max_len, seed=ctx.seed)
+            batches = (batcher.micro_batch(i) for i in range(cfg.background_batches))
+            bg = compute_background(model, batches, count_padding=cfg.count_padding)
+            bg.meta.update(source=source, batches=cfg.background_batches, batch_size=cfg.background_batch_size)
+            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+            bg.save(tmp)
+            os.replace(tmp, path)
+        return BackgroundStats.load(path, map_location=ctx.device)

@@ -1,0 +1,115 @@
+"""The Ray Train worker function of a trial: load the base model and the task data, let the method
+set itself up, run THE loop (train_loop.run_stage), probe the result on rank 0, report.
+
+Runs under `TorchTrainer` (each worker) or in-process (`train_worker(config, reporter=...)`) for
+tests. `config` is plain JSON-able data (see trial.worker_config)."""
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .batching import Batcher, medmcqa_examples
+from .data import load_medmcqa
+from .methods import METHODS, SetupContext
+from .models import load_model, load_tokenizer
+from .train_loop import NonFiniteLoss, TrainConfig, run_stage
+
+Reporter = Callable[[dict, "Path | None"], None]
+
+
+def _in_ray() -> bool:
+    try:
+        import ray.train
+        ray.train.get_context().get_world_size()
+        return True
+    except Exception:
+        return False
+
+
+def ray_reporter(metrics: dict, checkpoint_dir: Path | None) -> None:
+    import ray.train
+    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=ckpt)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def probe_results(model, tokenizer, specs: list[dict], batch_size: int, prefix: str = "") -> dict:
+    """{<task>: value, <task>.n: n, <task>.version: version} for MLflow/Tune (flat floats/strings)."""
+    from .probes import run_probes
+
+    out = {}
+    for key, r in run_probes(model, tokenizer, specs, batch_size=batch_size).items():
+        out[f"{prefix}{key}"] = r.value
+        out[f"{prefix}{key}.n"] = r.n
+        out[f"{prefix}{key}.version"] = r.version
+    return out
+
+
+def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
+    """One trial's training + after-probes. Returns the final metrics (rank 0's are the trial's)."""
+    in_ray = reporter is None and _in_ray()
+    if in_ray:
+        import ray.train
+        import ray.train.torch
+        ctx_r = ray.train.get_context()
+        rank, world = ctx_r.get_world_rank(), ctx_r.get_world_size()
+        device = ray.train.torch.get_device()
+        reporter = ray_reporter
+        ckpt = ray.train.get_checkpoint()
+    else:
+        rank, world, device, ckpt = 0, 1, torch.device(config.get("device", "cpu")), None
+        reporter = reporter or (lambda m, c: None)
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    seed = int(config["seed"])
+    seed_everything(seed)
+    tcfg = TrainConfig(**config["train"])
+    method = METHODS[config["method"]]
+    mcfg = method.Config(**config.get("method_cfg", {}))
+
+    tok = load_tokenizer(config["model"])
+    model = load_model(config["model"], dtype="float32", device=device)   # fp32 weights; bf16 autocast on GPU
+    rows = load_medmcqa(config["data"]["task"], "train", single_only=True, limit=tcfg.train_limit)
+    batcher = Batcher(medmcqa_examples(rows), tok, micro_batch_size=tcfg.micro_batch_size, max_len=tcfg.max_len,
+                      loss_on=tcfg.loss_on, seed=seed, rank=rank, world_size=world)
+    total = tcfg.total_steps(batcher.per_epoch)
+    probes = config.get("probes", [])
+    pbs = int(config.get("probe_batch_size", 16))
+    stage_runner = functools.partial(run_stage, report=reporter, device=device, rank=rank, world_size=world)
+    ctx = SetupContext(tokenizer=tok, train=tcfg, total_steps=total, device=device, seed=seed, rank=rank,
+                       world_size=world, cache_dir=Path(config["cache_dir"]) if config.get("cache_dir") else None,
+                       run_stage=lambda setup, b, cfg, **kw: stage_runner(setup, b, cfg, **kw),
+                       probe=(lambda m: probe_results(m, tok, probes, pbs)) if probes else None,
+                       data=dict(config["data"]))
+    try:
+        setup = method.setup(model, mcfg, ctx)
+        resume = None
+        if ckpt is not None:
+            resume = Path(ckpt.to_directory())
+        last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
+                         rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))
+    except NonFiniteLoss as e:
+        final = {"diverged": 1, "failure_reason": str(e), "done": 1}
+        reporter(final, None)
+        return final
+    final = {**last, "done": 1, "trainable_params": setup.trainable, "train_steps": total,
+             **{f"info.{k}": (json.dumps(v) if not isinstance(v, (int, float, str)) else v)
+                for k, v in setup.info.items() if k != "retrofit_probes"}}
+    for k, v in setup.info.get("retrofit_probes", {}).items():
+        final[f"retrofit/{k}"] = v
+    exported = setup.export()          # collective for ZeRO-3: every rank calls it
+    if rank == 0 and probes:
+        final.update(probe_results(exported, tok, probes, pbs, prefix="after/"))
+    setup.hooks.close()
+    reporter(final, None)
+    return final
