@@ -107,12 +107,12 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{db}"
     client = MlflowClient(tracking_uri=uri)
     _, ids = write_sweep(client, "demo", TRIALS)
-    write_sweep(client, "allfailed", [t for t in TRIALS if t[0] in FAIL_REASON])
+    failed_exp, _ = write_sweep(client, "allfailed", [t for t in TRIALS if t[0] in FAIL_REASON])
     client.create_experiment("smf_sweep/norunsyet")
     (d / "sweep.json").write_text(json.dumps({"name": "demo", "tracking_uri": uri,
                                               "experiment_name": "smf_sweep/demo",
                                               "spec_hash": "abc123"}))
-    return {"dir": d, "uri": uri, "ids": ids}
+    return {"dir": d, "uri": uri, "ids": ids, "failed_exp": failed_exp}
 
 
 def cli(*args, cwd=None, timeout=120):
@@ -251,7 +251,8 @@ def test_bad_sources(store, tmp_path, monkeypatch, capsys):
 
 
 def test_empty_sources(store, tmp_path, monkeypatch, capsys):
-    for exp in ("smf_sweep/allfailed", "norunsyet"):  # only failed trials; no runs at all
+    # only failed trials (by name, by id); no runs at all (name without the smf_sweep/ prefix)
+    for exp in ("smf_sweep/allfailed", store["failed_exp"], "norunsyet"):
         _in_process([exp, "--tracking-uri", store["uri"], "--out", str(tmp_path / "o")], 1,
                     "no finished trials", monkeypatch, capsys)
     assert not (tmp_path / "o").exists()  # nothing written
