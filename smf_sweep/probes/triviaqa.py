@@ -28,6 +28,7 @@ _PUNCT = frozenset(string.punctuation + "\u2018\u2019\u00b4`")  # TriviaQA's han
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _DELETE_PUNCT = str.maketrans("", "", string.punctuation)
 HARNESS_UNTIL = ("\n", ".", ",")
+STOP_TAIL = 8  # tokens decoded to look for a stop sequence; any match there is a match in the whole output
 
 
 def normalize_answer(text: str) -> str:
@@ -126,8 +127,8 @@ class TriviaQAHarness:
         eos_str = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
         until = HARNESS_UNTIL + ((eos_str,) if eos_str else ())
 
-        def stop(tokens: list[int]) -> bool:
-            text = tokenizer.decode(tokens, skip_special_tokens=False)
+        def stop(tokens: list[int]) -> bool:  # checked after every token, so the newest few suffice
+            text = tokenizer.decode(tokens[-STOP_TAIL:], skip_special_tokens=False)
             return any(u in text for u in until)
 
         prompts = _encode(tokenizer, [triviaqa_harness_prompt(r["question"]) for r in data], L - G)

@@ -117,7 +117,7 @@ class WikiTextStudy:
     def run(self, model, tokenizer, data: Sequence[str], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
         t0 = time.perf_counter()
-        ids = tokenizer("\n\n".join(data), add_special_tokens=False)["input_ids"]
+        ids = tokenizer("\n\n".join(data), add_special_tokens=False, verbose=False)["input_ids"]  # long: no warning
         if len(ids) < 2:
             raise ValueError(f"WikiText: {len(data)} lines give {len(ids)} token(s); need at least 2")
         L, S = _window(model, self.max_length, self.stride)
@@ -161,7 +161,7 @@ class WikiTextHarness:
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         pairs, owner = [], []
         for d, page in enumerate(data):
-            windows = rolling_windows(tokenizer(wikitext_detokenize(page))["input_ids"], prefix, L)
+            windows = rolling_windows(tokenizer(wikitext_detokenize(page), verbose=False)["input_ids"], prefix, L)
             pairs += windows
             owner += [d] * len(windows)
         with eval_mode(model):
