@@ -33,6 +33,9 @@ What Ray 2.60 does here (checked on this machine; the reasons behind the choices
 - Ray registers a node given `--node-ip-address 127.0.0.1` under the machine's primary IP on Linux
   (it maps loopback to a routable address), so `ray.nodes()` shows that IP; the GCS listens on all
   interfaces (the token guards it), the dashboard / job server and MLflow listen on 127.0.0.1 only.
+- The job server is part of Ray's dashboard, which needs the `ray[default]` extra (aiohttp_cors,
+  opencensus, ...); with plain `ray[tune,train]` the head fails ("Cannot include dashboard with
+  missing packages"), so start() checks first and says what to install.
 - Ports: the GCS, dashboard, Ray Client server (when grpc is installed) and each node's dashboard
   agent get free ports, and workers bind random ports, so several local clusters can coexist.
 - Stopping: never `ray stop` (it kills every Ray process on the machine, other people's clusters
@@ -104,6 +107,17 @@ def _has_ray_client() -> bool:
         return True
     except ImportError:
         return False
+
+
+def _dashboard_missing() -> str | None:
+    """Why Ray's dashboard (hence the job server) cannot start here, or None. It needs the
+    `ray[default]` extra; Ray's own check is private, so a moved helper counts as "fine"."""
+    try:
+        from ray._private.utils import get_dashboard_dependency_error
+    except ImportError:
+        return None
+    err = get_dashboard_dependency_error()
+    return None if err is None else str(err)
 
 
 def _tail(path: str | Path, n: int = 40) -> str:
@@ -335,6 +349,10 @@ class LocalCluster:
     def start(self) -> "LocalCluster":
         if self._started:
             return self
+        if missing := _dashboard_missing():
+            import ray
+            raise LocalClusterError(f"`ray job submit` needs Ray's dashboard, which needs the ray[default] "
+                                    f"extra: pip install 'ray[default]=={ray.__version__}' ({missing})")
         self.root = self._make_root()
         (self.root / "logs").mkdir(exist_ok=True)
         self.token = uuid.uuid4().hex + uuid.uuid4().hex
