@@ -335,15 +335,13 @@ class LocalCluster:
         return e
 
     def _make_root(self) -> Path:
-        if self._root_arg is not None:
-            root = Path(self._root_arg).resolve()
-            root.mkdir(parents=True, exist_ok=True)
-        else:
-            root = Path(tempfile.mkdtemp(prefix="smfrc-", dir="/tmp" if os.path.isdir("/tmp") else None))
-        longest = root / f"w{self.workers}"
-        if len(str(longest)) > _MAX_TEMP_DIR_CHARS:
+        if self._root_arg is None:
+            return Path(tempfile.mkdtemp(prefix="smfrc-", dir="/tmp" if os.path.isdir("/tmp") else None))
+        root = Path(self._root_arg).resolve()
+        if len(str(root / f"w{self.workers}")) > _MAX_TEMP_DIR_CHARS:
             raise ValueError(f"root {root} is too long for Ray's unix sockets: keep the node temp dirs "
                              f"under {_MAX_TEMP_DIR_CHARS} characters (e.g. /tmp/smf-rc)")
+        root.mkdir(parents=True, exist_ok=True)
         return root
 
     def start(self) -> "LocalCluster":

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -243,10 +244,14 @@ def local_cluster(request):
     cluster = LocalCluster(workers=1, head_cpus=2, worker_cpus=2)
 
     def stop_and_check():
+        started = cluster.root is not None and (cluster.root / "cluster.json").exists()
         cluster.stop()
         left = cluster_processes(cluster.cluster_id)
         assert not left, f"processes left after stop(): {sorted(left)}"
-        assert cluster.root is None or not cluster.root.exists()
+        if started:
+            assert not cluster.root.exists(), "stop() leaves the cluster dir behind"
+        elif cluster.root is not None:      # a failed start keeps its logs for the error message
+            shutil.rmtree(cluster.root, ignore_errors=True)
 
     request.addfinalizer(stop_and_check)
     return cluster.start()
