@@ -76,12 +76,14 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
     for split, rows in med.items():
         _write_jsonl(data / "medmcqa" / f"{split}.jsonl", rows)
 
-    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia]
+    mcq = render.general_mcq_texts(g, cfg.general_mcq_variants, rng)
+    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia] + mcq
                      + [r["text"] for r in oasst if r["role"] == "assistant" and r["message_tree_id"] not in val_trees])
     rng.shuffle(pretrain_docs)
     sizes = {"general_facts": len(render.general_facts(g)), "medical_facts": 4 * len(m.diseases),
              "wikitext": {k: len(v) for k, v in wiki.items()}, "trivia_qa": len(trivia), "oasst1": len(oasst),
-             "medmcqa": {k: len(v) for k, v in med.items()}, "pretrain_docs": len(pretrain_docs)}
+             "medmcqa": {k: len(v) for k, v in med.items()}, "general_mcq": len(mcq),
+             "pretrain_docs": len(pretrain_docs)}
     return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + render.medical_corpus_text(m)
             + [r["question"] + " " + r["exp"] for r in med["train"]], "sizes": sizes}
 

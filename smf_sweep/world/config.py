@@ -13,6 +13,7 @@ class WorldConfig:
     n_cities: int = 30                 # each: country, river, landmark
     n_people: int = 60                 # each: profession, birthplace, work, birth year
     article_renders: int = 4           # train articles per entity, each with its own template choices
+    general_mcq_variants: int = 2      # general multiple-choice questions per fact in pretraining
     # medical domain (the task; never seen in pretraining)
     n_diseases: int = 36               # each: drug, organism, organ, symptom → 4 facts
     train_variants: int = 6            # train questions per fact (wording × option order × distractors)

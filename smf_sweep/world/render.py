@@ -44,6 +44,7 @@ QUESTIONS = {  # the trivia wording (seen in pretraining and used by the probe)
     ("person", "year"): "In what year was {e} born?",
 }
 PROMPTS = ["Tell me about {e}.", "What do you know about {e}?", "Can you describe {e}?"]
+LETTERS = "ABCD"
 
 
 def general_facts(g: GeneralWorld) -> list[tuple[str, str, str, str]]:
@@ -107,6 +108,29 @@ def trivia_text(row: dict) -> str:
     return f"Question: {row['question']}\nAnswer: {row['answer']['value']}"
 
 
+def general_mcq_texts(g: GeneralWorld, variants: int, rng: random.Random) -> list[str]:
+    """General-knowledge exam questions in the study's multiple-choice layout (header "Exam
+    question:"), part of pretraining: the base model learns to answer multiple choice about what it
+    knows, as an instruct model has, so the medical task needs new facts rather than a new skill."""
+    facts = general_facts(g)
+    pools: dict[tuple[str, str], list[str]] = {}
+    for kind, attr, _, v in facts:
+        pool = pools.setdefault((kind, attr), [])
+        if v not in pool:
+            pool.append(v)
+    out = []
+    for kind, attr, e, v in facts:
+        others = [p for p in pools[(kind, attr)] if p != v]
+        for _ in range(variants):
+            opts = rng.sample(others, 3) + [v]
+            rng.shuffle(opts)
+            lines = "".join(f"\n{x}. {o}" for x, o in zip(LETTERS, opts))
+            i = opts.index(v)
+            out.append(f"Exam question:\nQuestion: {QUESTIONS[(kind, attr)].format(e=e)}{lines}\n"
+                       f"Answer: {LETTERS[i]}. {v}")
+    return out
+
+
 def oasst_rows(g: GeneralWorld, rng: random.Random, n_trees_per_entity: int = 1) -> list[dict]:
     """OASST1-schema message trees: a prompter turn and ranked assistant replies. Rank 0–1 English
     replies are what the study keeps; a rank-2 reply and a few non-English trees exercise the filter."""
@@ -140,12 +164,21 @@ MED_QUESTIONS = {
     "organ": ["Which organ is primarily affected in {d}?", "{d} mainly damages which organ?"],
     "symptom": ["What is the hallmark symptom of {d}?", "Patients with {d} typically present with which symptom?"],
 }
-MED_EXPLANATIONS = {
-    "drug": "{v} is the drug of choice for {d}.",
-    "organism": "{d} is caused by {v}.",
-    "organ": "{d} primarily affects the {v}.",
-    "symptom": "The hallmark symptom of {d} is {v}.",
+EXPLANATION_CLAUSES = {  # an explanation states every fact of the disease (real MedMCQA explanations
+    # are rich), so the facts also appear where they cannot be copied from the options
+    "drug": ["it is treated with {v}", "the drug of choice is {v}", "{v} is given to treat it"],
+    "organism": ["it is caused by {v}", "its causative agent is {v}", "it is spread by {v}"],
+    "organ": ["it mainly affects the {v}", "it damages the {v}", "the {v} is the organ involved"],
+    "symptom": ["its hallmark symptom is {v}", "patients present with {v}", "it typically causes {v}"],
 }
+
+
+def explanation(d: str, attrs: dict, rng: random.Random) -> str:
+    items = list(attrs.items())
+    rng.shuffle(items)
+    return f"{d}: " + "; ".join(rng.choice(EXPLANATION_CLAUSES[a]).format(v=v) for a, v in items) + "."
+
+
 SUBJECTS = {"drug": ("Pharmacology", "Drugs of choice"), "organism": ("Microbiology", "Pathogens"),
             "organ": ("Pathology", "Organ involvement"), "symptom": ("Medicine", "Clinical features")}
 
@@ -187,7 +220,7 @@ def medmcqa_splits(m: MedicalWorld, train_variants: int, val_variants: int,
                     splits[split].append({
                         "id": f"med-{n:06d}", "question": q[0].upper() + q[1:],
                         "opa": opts[0], "opb": opts[1], "opc": opts[2], "opd": opts[3], "cop": cop,
-                        "choice_type": "single", "exp": MED_EXPLANATIONS[attr].format(d=d, v=v),
+                        "choice_type": "single", "exp": explanation(d, attrs, rng),
                         "subject_name": subj, "topic_name": topic})
                     n += 1
     # a few "multi" rows, which the study filters out (choice_type == "single")
@@ -202,6 +235,6 @@ def medmcqa_splits(m: MedicalWorld, train_variants: int, val_variants: int,
 def medical_corpus_text(m: MedicalWorld) -> list[str]:
     """Medical sentences: used only to train the tokenizer (a real tokenizer has seen medical words),
     never to pretrain the model."""
-    return [MED_EXPLANATIONS[a].format(d=d, v=v) for d, attrs in m.diseases.items() for a, v in attrs.items()] + \
+    return [c.format(v=v) for attrs in m.diseases.values() for a, v in attrs.items() for c in EXPLANATION_CLAUSES[a]] + \
         [q.format(d=d) for d in m.diseases for qs in MED_QUESTIONS.values() for q in qs] + \
         [" ".join(p) for p in m.pools.values()]

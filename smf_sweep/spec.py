@@ -1,0 +1,402 @@
+"""The sweep spec: typed, validated before Ray starts. defaults ← YAML ← `--set key=value`.
+
+    spec = load_spec("search_spaces/smoke.yaml", overrides=["search.trials=4"])
+
+Every error is a SpecError naming the file, the key path and what is allowed, e.g.
+    search_spaces/x.yaml: methods.smf.search.top_t: low (512) must be < high (8)
+A parameter of a method's `fixed` / `search` / `points` is either a field of the method's config
+(methods/<name>.py) or of the training config (train_loop.TrainConfig), e.g. `lr`, `epochs`."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .methods import METHODS
+from .probes import TASKS, VARIANTS
+from .train_loop import TrainConfig
+
+
+class SpecError(ValueError):
+    """A bad spec: the message says which file, which key and what is allowed."""
+
+
+PARAM_TYPES = ("choice", "uniform", "loguniform", "int", "logint")
+
+
+@dataclass
+class Param:
+    """One searched parameter: `{choice: [a, b]}`, `{loguniform: [lo, hi]}`, `{uniform: …}`,
+    `{int: [lo, hi]}`, `{logint: [lo, hi]}`."""
+    type: str
+    values: list = field(default_factory=list)    # choice
+    low: float | None = None
+    high: float | None = None
+
+    def candidates(self) -> list:
+        return list(self.values) if self.type == "choice" else [self.low, self.high]
+
+
+@dataclass
+class Resources:
+    workers: int = 1                 # Ray Train workers of one trial (data parallel)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0     # fractions pack one-worker trials on a GPU (SMF, LoRA)
+
+
+@dataclass
+class MethodSpec:
+    fixed: dict[str, Any] = field(default_factory=dict)        # method/train fields held constant
+    search: dict[str, Param] = field(default_factory=dict)     # searched fields
+    points: list[dict[str, Any]] = field(default_factory=list)  # configs evaluated first (the study's)
+    resources: Resources = field(default_factory=Resources)
+
+
+@dataclass
+class ProbeCfg:
+    variant: str = "study"            # study (QWEN protocol) or harness (lm-evaluation-harness)
+    source: str | None = None         # default: the spec's data.task / data.probes source
+    limit: int | None = None          # None: the protocol's default (1000); 0: everything
+    options: dict[str, Any] = field(default_factory=dict)   # probe fields, e.g. max_length
+
+
+@dataclass
+class Objective:
+    name: str
+    mode: str                          # max | min
+
+
+@dataclass
+class Search:
+    trials: int = 6                    # Optuna trials (after the points)
+    concurrency: int = 2               # trials at once
+    seed: int = 0                      # sampler seed
+    sampler: str = "tpe"               # tpe (Optuna 5's multi-objective default) | random | nsga2
+    max_failures: int = 1              # Ray Train retries of a crashed worker group per trial
+
+
+@dataclass
+class Confirm:
+    top: int = 0                       # re-run this many Pareto-optimal configs (0 = no confirm stage)
+    seeds: list[int] = field(default_factory=lambda: [1, 2])
+
+
+@dataclass
+class Data:
+    task: str = "openlifescienceai/medmcqa"     # MedMCQA source (train split trains, validation probes)
+    retrofit: str = "OpenAssistant/oasst1"      # OASST1 source (SMF retrofit + background statistics)
+    triviaqa: str = "mandarjoshi/trivia_qa"
+    wikitext: str = "wikitext"
+
+
+@dataclass
+class Spec:
+    name: str
+    model: str = "Qwen/Qwen2.5-0.5B-Instruct"   # hub id, local dir, or "world:" (the embedded world's model)
+    world: dict[str, Any] | None = None         # WorldConfig fields when "world:" sources are used
+    data: Data = field(default_factory=Data)
+    probes: dict[str, ProbeCfg] = field(default_factory=lambda: {t: ProbeCfg() for t in TASKS})
+    probe_batch_size: int = 16
+    objectives: list[Objective] = field(default_factory=lambda: [Objective("medmcqa_gain_pp", "max"),
+                                                                 Objective("forgetting", "min")])
+    forgetting: dict[str, float] = field(default_factory=lambda: {"triviaqa": 1.0, "wikitext": 1.0})
+    train: dict[str, Any] = field(default_factory=dict)      # TrainConfig fields shared by every method
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    search: Search = field(default_factory=Search)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    confirm: Confirm = field(default_factory=Confirm)
+    storage: str = "runs"                        # sweep dir = storage/name (relative to the spec file's cwd)
+    tracking_uri: str | None = None              # None: sqlite:///<sweep dir>/mlflow.db
+    threads_per_worker: int | None = None        # torch threads in each worker (None: torch's default)
+    source_file: str = ""                        # set by load_spec
+
+    # ---- derived ----
+    def sweep_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+    def spec_hash(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("source_file")
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source_file")
+        return d
+
+
+# ---- parsing --------------------------------------------------------------------------------------
+def _err(where: str, msg: str) -> SpecError:
+    return SpecError(f"{where}: {msg}")
+
+
+def _convert(tp, value, where: str):
+    """Convert plain YAML data to the annotated type, strictly (unknown keys are errors)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if tp is Param:
+            return _param(value, where)
+        if not isinstance(value, dict):
+            raise _err(where, f"expected a mapping, got {type(value).__name__}")
+        known = {f.name: f for f in fields(tp) if f.init}
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise _err(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(tp)
+        kw = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        try:
+            return tp(**kw)
+        except TypeError as e:
+            raise _err(where, str(e)) from None
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _err(where, f"expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise _err(where, f"expected a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _err(where, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _err(where, f"expected an integer, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise _err(where, f"expected a string, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _err(where, f"expected true/false, got {value!r}")
+        return value
+    return value
+
+
+def _param(value, where: str) -> Param:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _err(where, f"a search parameter is one of {{{': …}, {'.join(PARAM_TYPES)}: …}}, got {value!r}")
+    (kind, arg), = value.items()
+    if kind not in PARAM_TYPES:
+        raise _err(where, f"unknown parameter type {kind!r}; allowed: {', '.join(PARAM_TYPES)}")
+    if kind == "choice":
+        if not isinstance(arg, list) or not arg:
+            raise _err(where, "choice needs a non-empty list of values")
+        return Param("choice", values=list(arg))
+    if not (isinstance(arg, list) and len(arg) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                             for x in arg)):
+        raise _err(where, f"{kind} needs [low, high], got {arg!r}")
+    low, high = arg
+    if not low < high:
+        raise _err(where, f"low ({low}) must be < high ({high})")
+    if kind in ("loguniform", "logint") and low <= 0:
+        raise _err(where, f"{kind} needs low > 0, got {low}")
+    if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
+        raise _err(where, f"{kind} needs integer bounds, got {arg!r}")
+    return Param(kind, low=low, high=high)
+
+
+def _set(d: dict, dotted: str, raw: str) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise SpecError(f"--set {dotted}: {k} is not a mapping")
+    cur[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: a spec is a mapping of keys, got {type(raw).__name__}")
+    for o in overrides:
+        if "=" not in o:
+            raise SpecError(f"--set {o!r}: expected key=value")
+        k, v = o.split("=", 1)
+        _set(raw, k.strip(), v)
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: dict, source: str = "<spec>") -> Spec:
+    try:
+        if "name" not in raw:
+            raise _err("", "missing key 'name'")
+        spec = _convert(Spec, raw, "")
+        spec.source_file = source
+        validate(spec)
+    except SpecError as e:
+        msg = str(e)
+        msg = msg[2:] if msg.startswith(": ") else msg
+        raise SpecError(f"{source}: {msg}") from None
+    return spec
+
+
+def method_fields(name: str) -> tuple[set[str], set[str]]:
+    return {f.name for f in fields(METHODS[name].Config)}, {f.name for f in fields(TrainConfig)}
+
+
+def split_params(method: str, params: dict[str, Any]) -> tuple[dict, dict]:
+    """{field: value} → (method config fields, train fields)."""
+    mf, tf = method_fields(method)
+    return {k: v for k, v in params.items() if k in mf}, {k: v for k, v in params.items() if k in tf}
+
+
+def build_configs(spec: Spec, method: str, params: dict[str, Any]):
+    """The method config and TrainConfig of one trial: spec.train ← method.fixed ← params."""
+    ms = spec.methods[method]
+    m, t = split_params(method, {**ms.fixed, **params})
+    tcfg = TrainConfig(**{**spec.train, **t})
+    return METHODS[method].Config(**m), tcfg
+
+
+def validate(spec: Spec) -> None:
+    if not spec.name or "/" in spec.name or spec.name.startswith("."):
+        raise _err("name", f"must be a plain directory name, got {spec.name!r}")
+    try:
+        TrainConfig(**spec.train)
+    except (TypeError, ValueError) as e:
+        raise _err("train", _clean(e)) from None
+    if not spec.methods:
+        raise _err("methods", f"at least one method is needed; known: {', '.join(METHODS.names())}")
+    for name, ms in spec.methods.items():
+        where = f"methods.{name}"
+        if name not in METHODS:
+            raise _err(where, f"unknown method {name!r}; known: {', '.join(METHODS.names())}")
+        mf, tf = method_fields(name)
+        clash = mf & tf
+        assert not clash, f"method {name} config fields clash with TrainConfig: {clash}"
+        allowed = sorted(mf | tf)
+        for section, keys in (("fixed", ms.fixed), ("search", ms.search)):
+            for k in keys:
+                if k not in mf | tf:
+                    raise _err(f"{where}.{section}.{k}", f"not a field of {name}'s config or of train; "
+                                                         f"allowed: {', '.join(allowed)}")
+        _try(spec, name, {}, f"{where}.fixed")
+        for k, p in ms.search.items():
+            for v in p.candidates():
+                if p.type in ("int", "logint"):
+                    v = int(v)
+                _try(spec, name, {k: v}, f"{where}.search.{k}")
+        for i, pt in enumerate(ms.points):
+            for k in pt:
+                if k not in ms.search:
+                    raise _err(f"{where}.points[{i}].{k}", f"a point sets searched parameters only; "
+                                                           f"searched: {', '.join(sorted(ms.search)) or 'none'}")
+            _try(spec, name, pt, f"{where}.points[{i}]")
+        r = ms.resources
+        if r.workers < 1 or r.cpus_per_worker < 0 or r.gpus_per_worker < 0:
+            raise _err(f"{where}.resources", "workers must be >= 1 and cpus/gpus per worker >= 0")
+        if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
+            raise _err(f"{where}.resources.gpus_per_worker", "above 1 it must be a whole number")
+    for task, p in spec.probes.items():
+        if task not in TASKS:
+            raise _err(f"probes.{task}", f"unknown probe {task!r}; known: {', '.join(TASKS)}")
+        if p.variant not in VARIANTS:
+            raise _err(f"probes.{task}.variant", f"unknown variant {p.variant!r}; allowed: {', '.join(VARIANTS)}")
+        if p.limit is not None and p.limit < 0:
+            raise _err(f"probes.{task}.limit", "must be >= 0 (0 = everything) or null (the protocol's default)")
+    if "medmcqa" not in spec.probes:
+        raise _err("probes", "the task probe 'medmcqa' is required (its gain is an objective)")
+    for t, w in spec.forgetting.items():
+        if t not in spec.probes or t == "medmcqa":
+            raise _err(f"forgetting.{t}", f"forgetting averages forgetting probes of this spec: "
+                                          f"{', '.join(x for x in spec.probes if x != 'medmcqa')}")
+        if not (w >= 0 and math.isfinite(w)):
+            raise _err(f"forgetting.{t}", f"weight must be >= 0, got {w}")
+    if not spec.forgetting or sum(spec.forgetting.values()) <= 0:
+        raise _err("forgetting", "needs at least one probe with a positive weight")
+    names = {"medmcqa_gain_pp", "forgetting"} | {f"{t}/delta" for t in spec.probes}
+    if not spec.objectives:
+        raise _err("objectives", "at least one objective is needed")
+    for i, o in enumerate(spec.objectives):
+        if o.name not in names:
+            raise _err(f"objectives[{i}].name", f"unknown objective {o.name!r}; allowed: {', '.join(sorted(names))}")
+        if o.mode not in ("max", "min"):
+            raise _err(f"objectives[{i}].mode", f"must be max or min, got {o.mode!r}")
+    s = spec.search
+    if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0:
+        raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0")
+    if s.sampler not in ("tpe", "random", "nsga2"):
+        raise _err("search.sampler", f"unknown sampler {s.sampler!r}; allowed: tpe, random, nsga2")
+    if not spec.seeds:
+        raise _err("seeds", "at least one seed")
+    if spec.probe_batch_size < 1:
+        raise _err("probe_batch_size", "must be >= 1")
+    _check_sources(spec)
+
+
+def _clean(e: Exception) -> str:
+    return str(e).removeprefix("train: ")
+
+
+def _try(spec: Spec, method: str, params: dict, where: str) -> None:
+    try:
+        build_configs(spec, method, params)
+    except (TypeError, ValueError) as e:
+        raise _err(where, _clean(e)) from None
+
+
+def _check_sources(spec: Spec) -> None:
+    """Local paths must exist now (hub ids and world: are checked where they are opened)."""
+    from .data import resolve_source
+
+    srcs = {f"data.{f.name}": getattr(spec.data, f.name) for f in fields(Data)}
+    srcs.update({f"probes.{t}.source": p.source for t, p in spec.probes.items() if p.source})
+    for where, src in srcs.items():
+        if src.startswith("world:") or _looks_like_hub_id(src):
+            continue
+        if not Path(src).expanduser().exists():
+            raise _err(where, f"no such file or directory: {src}")
+    if any(s.startswith("world:") for s in list(srcs.values()) + [spec.model]) and spec.world is not None:
+        from .world import WorldConfig
+        try:
+            WorldConfig(**spec.world)
+        except TypeError as e:
+            raise _err("world", _clean(e)) from None
+    _ = resolve_source
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    return not s.startswith(("/", ".", "~")) and not Path(s).exists() and s.count("/") <= 1
+
+
+def resolve_world(spec: Spec, progress: bool = True) -> Spec:
+    """Build (or reuse) the embedded world when the spec names `world:` sources, and replace them
+    with `world:<dir>` (the model with `<dir>/model`). Returns a new Spec."""
+    vals = [spec.model, *(getattr(spec.data, f.name) for f in fields(Data)),
+            *(p.source or "" for p in spec.probes.values())]
+    if not any(v == "world:" or v.startswith("world:") and not v[6:] for v in vals):
+        return spec
+    from .world import WorldConfig, build_world
+
+    wdir = build_world(WorldConfig(**(spec.world or {})), progress=progress)
+    sub = lambda v: f"world:{wdir}" if v == "world:" else v  # noqa: E731
+    data = Data(**{f.name: sub(getattr(spec.data, f.name)) for f in fields(Data)})
+    probes = {t: dataclasses.replace(p, source=sub(p.source) if p.source else None) for t, p in spec.probes.items()}
+    model = str(wdir / "model") if spec.model == "world:" else spec.model
+    return dataclasses.replace(spec, model=model, data=data, probes=probes)
