@@ -11,13 +11,6 @@ N = 64
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a loaded 2-core box: intra-op threads spin ~10 ms per op; one thread is 1000x faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 def tiny_mem_model(seed=0, **kw):
     torch.manual_seed(seed)

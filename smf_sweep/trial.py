@@ -1,0 +1,212 @@
+"""One trial: base probes (cached) → Ray Train TorchTrainer running the method through THE loop →
+probes of the result → before/after/delta per probe and the objectives.
+
+    python -m smf_sweep.trial search_spaces/smoke.yaml --method lora [--set key=value ...] [--json]
+
+The trial uses the method's `fixed` settings plus its first `points` entry (the study's setting)
+unless --param overrides them. `run_trial` is also what each Ray Tune trial of a sweep calls."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .spec import Spec, SpecError, build_configs, load_spec, resolve_world
+
+
+class TrialFailed(RuntimeError):
+    """A trial that ended without valid objectives (diverged, or no probe results)."""
+
+
+# ---- configuration -----------------------------------------------------------------------------
+def probe_specs(spec: Spec) -> list[dict]:
+    """ProbeSpec dicts for run_probes; a probe's source defaults to the spec's data for its task."""
+    default = {"medmcqa": spec.data.task, "triviaqa": spec.data.triviaqa, "wikitext": spec.data.wikitext}
+    return [{"task": t, "variant": p.variant, "source": p.source or default[t], "limit": p.limit,
+             "options": dict(p.options)} for t, p in spec.probes.items()]
+
+
+def cache_dir(spec: Spec) -> Path:
+    """Caches shared by every trial of the sweep (retrofits, background statistics, base probes)."""
+    return spec.sweep_dir() / "cache"
+
+
+def worker_config(spec: Spec, method: str, params: dict, seed: int) -> dict:
+    mcfg, tcfg = build_configs(spec, method, params)
+    from dataclasses import asdict
+    return {"model": spec.model, "method": method, "method_cfg": asdict(mcfg), "train": tcfg.to_dict(),
+            "seed": seed, "data": {"task": spec.data.task, "retrofit": spec.data.retrofit},
+            "probes": probe_specs(spec), "probe_batch_size": spec.probe_batch_size,
+            "cache_dir": str(cache_dir(spec)), "threads": spec.threads_per_worker}
+
+
+# ---- base probes, cached by (model, probe settings) ---------------------------------------------
+def base_probes(spec: Spec, progress: bool = True) -> dict:
+    """{task: value, task.hib: higher_is_better, task.version: version} of the base model.
+
+    Cached in the sweep's cache dir under a hash of the model and probe specs. Runs as a Ray task
+    with a GPU when the spec's methods use GPUs, else in this process."""
+    specs = probe_specs(spec)
+    key = hashlib.sha256(json.dumps([spec.model, specs, spec.probe_batch_size], sort_keys=True).encode()).hexdigest()[:16]
+    path = cache_dir(spec) / "base_probes" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    gpus = 1 if any(m.resources.gpus_per_worker > 0 for m in spec.methods.values()) else 0
+    if gpus:
+        import ray
+        out = ray.get(ray.remote(num_gpus=1)(_compute_base).remote(spec.model, specs, spec.probe_batch_size, False))
+    else:
+        out = _compute_base(spec.model, specs, spec.probe_batch_size, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, path)
+    return out
+
+
+def _compute_base(model_id: str, specs: list[dict], batch_size: int, progress: bool) -> dict:
+    from .models import load_model, load_tokenizer
+    from .probes import run_probes
+
+    tok = load_tokenizer(model_id)
+    model = load_model(model_id)
+    out = {}
+    for task, r in run_probes(model, tok, specs, batch_size=batch_size, progress=progress).items():
+        out[task], out[f"{task}.hib"], out[f"{task}.version"], out[f"{task}.n"] = r.value, r.higher_is_better, r.version, r.n
+    return out
+
+
+# ---- objectives ---------------------------------------------------------------------------------
+def delta(before: float, after: float, higher_is_better: bool) -> float:
+    """Accuracies: points (after − before)·100. Perplexities: % of base, 100·(after/before − 1)."""
+    return 100.0 * (after - before) if higher_is_better else 100.0 * (after / before - 1.0)
+
+
+def outcome(spec: Spec, base: dict, after: dict) -> dict:
+    """Per probe before/after/delta, `medmcqa_gain_pp` and `forgetting` (the weighted mean of each
+    forgetting probe's damage: accuracy drop in pp, perplexity increase in %)."""
+    out = {}
+    for task in spec.probes:
+        if task not in after:
+            raise TrialFailed(f"probe {task!r} returned no result")
+        b, a, hib = base[task], after[task], base[f"{task}.hib"]
+        out.update({f"{task}/before": b, f"{task}/after": a, f"{task}/delta": delta(b, a, hib)})
+    out["medmcqa_gain_pp"] = out["medmcqa/delta"]
+    w = spec.forgetting
+    damage = {t: (-out[f"{t}/delta"] if base[f"{t}.hib"] else out[f"{t}/delta"]) for t in w}
+    out["forgetting"] = sum(w[t] * damage[t] for t in w) / sum(w.values())
+    bad = [k for k, v in out.items() if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        raise TrialFailed(f"non-finite results {bad}: {{{', '.join(f'{k}: {out[k]}' for k in bad)}}}")
+    return out
+
+
+# ---- running one trial through Ray Train --------------------------------------------------------
+def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, name: str,
+              in_tune: bool = False) -> dict:
+    """Train through TorchTrainer (restarted workers resume from the last checkpoint), return the
+    trial's outcome and training summary. Raises TrialFailed on divergence."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .worker import train_worker
+
+    res = spec.methods[method].resources
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
+    callbacks = []
+    if in_tune:
+        from ray.tune.integration.ray_train import TuneReportCallback
+        callbacks.append(TuneReportCallback())
+    trainer = TorchTrainer(
+        train_worker, train_loop_config=worker_config(spec, method, params, seed),
+        scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=str(spec.sweep_dir() / "train"), callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=spec.search.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
+    t0 = time.perf_counter()
+    result = trainer.fit()
+    m = dict(result.metrics or {})
+    if m.get("diverged"):
+        raise TrialFailed(m.get("failure_reason", "diverged"))
+    after = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("after/") and "." not in k}
+    out = outcome(spec, base, after)
+    out.update({k: v for k, v in m.items() if k.startswith(("retrofit/", "train/", "info.")) and
+                isinstance(v, (int, float, str))})
+    out.update({"trainable_params": m.get("trainable_params"), "train_steps": m.get("train_steps"),
+                "trial_seconds": time.perf_counter() - t0, "method": method, "seed": seed})
+    return out
+
+
+def trial_params(spec: Spec, method: str, overrides: list[str]) -> dict:
+    import yaml
+
+    ms = spec.methods[method]
+    params = dict(ms.points[0]) if ms.points else {}
+    for o in overrides:
+        k, v = o.split("=", 1)
+        params[k.strip()] = yaml.safe_load(v)
+    build_configs(spec, method, params)      # validate now, before Ray starts
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smf_sweep.trial", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("spec", help="sweep spec YAML (search_spaces/*.yaml)")
+    ap.add_argument("--method", required=True, help="method to run (a key of the spec's methods)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec key, dotted (e.g. search.concurrency=1); repeatable")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="a method or train field for this trial (e.g. lr=1e-4, top_t=64); repeatable")
+    ap.add_argument("--seed", type=int, default=None, help="training seed (default: the spec's first)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    args = ap.parse_args(argv)
+    try:
+        spec = load_spec(args.spec, args.set)
+        if args.method not in spec.methods:
+            raise SpecError(f"{args.spec}: methods.{args.method}: not in this spec; it has "
+                            f"{', '.join(spec.methods)}")
+        params = trial_params(spec, args.method, args.param)
+    except (SpecError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import ray
+
+    spec = resolve_world(spec)
+    seed = spec.seeds[0] if args.seed is None else args.seed
+    base = base_probes(spec)
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    name = f"trial-{args.method}-" + hashlib.sha256(json.dumps([params, seed, spec.spec_hash()],
+                                                               sort_keys=True, default=str).encode()).hexdigest()[:10]
+    try:
+        out = run_trial(spec, args.method, params, seed, base, name=name)
+    except TrialFailed as e:
+        print(f"trial failed: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"status": "failed", "failure_reason": str(e)}))
+        return 1
+    print(format_outcome(spec, out, params, base))
+    if args.json:
+        print(json.dumps({"status": "finished", "params": params, **out}, default=str))
+    return 0
+
+
+def format_outcome(spec: Spec, out: dict, params: dict, base: dict) -> str:
+    lines = [f"{out['method']} {params} seed {out['seed']}  ({out['trial_seconds']:.0f} s)",
+             f"{'probe':<10}{'before':>10}{'after':>10}{'delta':>10}"]
+    for t in spec.probes:
+        unit = "pp" if base[f"{t}.hib"] else "%"
+        lines.append(f"{t:<10}{out[f'{t}/before']:>10.4g}{out[f'{t}/after']:>10.4g}{out[f'{t}/delta']:>+9.2f}{unit}")
+    lines.append(f"medmcqa_gain_pp {out['medmcqa_gain_pp']:+.2f}   forgetting {out['forgetting']:+.2f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""The sweep: Ray Tune + Optuna (multi-objective) over methods and their knobs, one Ray Train run
+per trial, MLflow records, resumable.
+
+    python -m smf_sweep.tune search_spaces/smoke.yaml              # the embedded world, a CPU, minutes
+    ray job submit --working-dir . -- python -m smf_sweep.tune search_spaces/pareto.yaml
+
+Re-running the same command resumes the sweep (finished trials are not repeated). The sweep
+directory (<storage>/<name>/) holds the frozen spec, Ray Tune's state, the Optuna study
+(optuna.db), caches and, by default, the MLflow store (mlflow.db)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from .spec import Spec, SpecError, build_configs, load_spec, resolve_world
+
+OBJECTIVE_KEYS = ("medmcqa_gain_pp", "forgetting")
+
+
+# ---- the search space (define-by-run: a method's knobs are sampled only for that method) --------
+class SearchSpace:
+    """Optuna define-by-run space; picklable (Tune checkpoints the searcher)."""
+
+    def __init__(self, methods: dict[str, dict]):
+        self.methods = methods          # {method: {param: Param as dict}}
+
+    def __call__(self, trial) -> None:
+        method = trial.suggest_categorical("method", sorted(self.methods))
+        for k, p in self.methods[method].items():
+            name = f"{method}.{k}"
+            if p["type"] == "choice":
+                trial.suggest_categorical(name, p["values"])
+            elif p["type"] in ("uniform", "loguniform"):
+                trial.suggest_float(name, p["low"], p["high"], log=p["type"] == "loguniform")
+            else:
+                trial.suggest_int(name, int(p["low"]), int(p["high"]), log=p["type"] == "logint")
+
+
+def space_of(spec: Spec) -> SearchSpace:
+    return SearchSpace({m: {k: dataclasses.asdict(p) for k, p in ms.search.items()} for m, ms in spec.methods.items()})
+
+
+def points_of(spec: Spec) -> list[dict]:
+    """The spec's first points (the study's settings) as Optuna parameter dicts."""
+    return [{"method": m, **{f"{m}.{k}": v for k, v in pt.items()}} for m, ms in spec.methods.items() for pt in ms.points]
+
+
+def trial_params(config: dict) -> tuple[str, dict, int | None]:
+    method = config["method"]
+    params = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith(method + ".")}
+    return method, params, config.get("seed")
+
+
+def make_searcher(spec: Spec):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class SafeOptunaSearch(OptunaSearch):
+        """OptunaSearch that never leaves a study trial RUNNING: an errored trial, or one whose last
+        result lacks a finite objective (e.g. it failed after intermediate training reports), is
+        told FAIL. (Ray's own version tells [None, None] as COMPLETE, which Optuna rejects.)"""
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            vals = [(result or {}).get(m) for m in metrics]
+            if error or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in vals):
+                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result, error)
+
+    samplers = {"tpe": lambda s: optuna.samplers.TPESampler(seed=s),
+                "random": lambda s: optuna.samplers.RandomSampler(seed=s),
+                "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s)}
+    storage = f"sqlite:///{spec.sweep_dir() / 'optuna.db'}"
+    return SafeOptunaSearch(space=space_of(spec), metric=[o.name for o in spec.objectives],
+                            mode=[o.mode for o in spec.objectives], sampler=samplers[spec.search.sampler](spec.search.seed),
+                            storage=optuna.storages.RDBStorage(storage), study_name=f"{spec.name}-{spec.spec_hash()}",
+                            points_to_evaluate=points_of(spec) or None)
+
+
+# ---- one Tune trial ------------------------------------------------------------------------------
+def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
+    """The Tune function (driver) of one trial: a Ray Train run, then the final report."""
+    from ray import tune
+
+    from .trial import run_trial
+
+    method, params, seed = trial_params(config)
+    seed = spec.seeds[0] if seed is None else seed
+    name = f"train-{tune.get_context().get_trial_id()}"     # stable: a restarted trial resumes its run
+    out = run_trial(spec, method, params, seed, base, name=name, in_tune=True)
+    tune.report({**out, "trial_done": 1})
+
+
+class Describe:
+    """MLflow params and tags of a trial config (picklable, for the Tune callback)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.points = points_of(spec)
+
+    def __call__(self, config: dict) -> tuple[dict, dict]:
+        from .tracking import flatten
+
+        method, params, seed = trial_params(config)
+        seed = self.spec.seeds[0] if seed is None else seed
+        mcfg, tcfg = build_configs(self.spec, method, params)
+        p = {"method": method, "seed": str(seed), "lr": str(tcfg.lr),
+             **flatten(dataclasses.asdict(mcfg), f"{method}."), **flatten(tcfg.to_dict(), "train.")}
+        point = {k: v for k, v in config.items() if k == "method" or k.startswith(method + ".")}
+        tags = {"method": method, "seed": str(seed), "spec_hash": self.spec.spec_hash(),
+                "smf_sweep.default_point": str(point in self.points).lower(),
+                "stage": config.get("stage", "search")}
+        if hasattr(mcfg, "selector"):
+            tags["selector"] = mcfg.selector
+        return p, tags
+
+
+# ---- the sweep -----------------------------------------------------------------------------------
+def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
+    import ray
+    from ray import tune
+
+    from .tracking import MLflowTrialLogger, SweepTracker, check_tracking_uri
+    from .trial import base_probes
+
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")   # training reports lack objectives
+    sweep = spec.sweep_dir()
+    sweep.mkdir(parents=True, exist_ok=True)
+    uri = spec.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
+    check_tracking_uri(uri)
+    spec = resolve_world(spec, progress=progress)
+    frozen = sweep / "spec.json"
+    frozen.write_text(json.dumps({"source": spec.source_file, **spec.to_dict()}, indent=1, default=str))
+    experiment = f"smf_sweep/{spec.name}"
+    (sweep / "sweep.json").write_text(json.dumps({"name": spec.name, "tracking_uri": uri, "experiment_name": experiment,
+                                                  "spec_hash": spec.spec_hash()}, indent=1))
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None)
+    base = base_probes(spec, progress=progress)
+    tracker = SweepTracker(uri, experiment, spec.name, spec.spec_hash())
+    tracker.log_sweep(spec.to_dict(), base, frozen)
+
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, spec=spec, base=base), {"cpu": 0})
+    logger = MLflowTrialLogger({"uri": uri, "experiment": experiment, "sweep": spec.name,
+                                "spec_hash": spec.spec_hash()}, Describe(spec))
+    path = sweep / "tune" / spec.name
+    n = len(points_of(spec)) + spec.search.trials
+    if tune.Tuner.can_restore(str(path)):
+        print(f"resuming sweep from {path}", flush=True)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(spec), num_samples=n,
+                                        max_concurrent_trials=spec.search.concurrency),
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep / "tune"), callbacks=[logger],
+                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      verbose=1 if progress else 0))
+    grid = tuner.fit()
+    return summarize(spec, grid, uri)
+
+
+def summarize(spec: Spec, grid, uri: str) -> dict:
+    import pandas as pd
+
+    from analysis.fronts import pareto_mask
+
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        ok = r.error is None and all(isinstance(m.get(k), (int, float)) for k in OBJECTIVE_KEYS)
+        cfg = {k: v for k, v in (r.config or {}).items()}
+        rows.append({"trial_id": m.get("trial_id", ""), "method": cfg.get("method"), "status": "ok" if ok else "failed",
+                     **{k: m.get(k) for k in OBJECTIVE_KEYS}, "config": json.dumps(
+                         {k: v for k, v in cfg.items() if k != "method"}, default=str)})
+    df = pd.DataFrame(rows)
+    done = df[df.status == "ok"].copy() if len(df) else df
+    front = done[pareto_mask(done, gain="medmcqa_gain_pp", cost="forgetting")] if len(done) else done
+    print(f"\n{len(done)} of {len(df)} trials finished; Pareto-optimal (MedMCQA gain ↑, forgetting ↓):")
+    if len(front):
+        print(front.sort_values("medmcqa_gain_pp", ascending=False).to_string(index=False,
+              float_format=lambda x: f"{x:+.2f}"))
+    sweep = spec.sweep_dir()
+    print(f"\nsweep dir: {sweep}\nMLflow:    {uri}   (mlflow ui --backend-store-uri {uri})"
+          f"\nplots:     python -m analysis.pareto {sweep}")
+    return {"trials": len(df), "finished": len(done), "front": front.to_dict("records"), "sweep_dir": str(sweep),
+            "tracking_uri": uri}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smf_sweep.tune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("spec", help="sweep spec YAML (search_spaces/*.yaml)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec key, dotted (e.g. search.trials=4); repeatable")
+    ap.add_argument("--storage", help="parent directory of the sweep dir (overrides the spec's storage); "
+                                      "on a cluster, a shared path")
+    ap.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. http://127.0.0.1:5000); default: "
+                                           "sqlite:///<sweep dir>/mlflow.db")
+    ap.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    ap.add_argument("--quiet", action="store_true", help="no progress output")
+    args = ap.parse_args(argv)
+    sets = list(args.set)
+    if args.storage:
+        sets.append(f"storage={args.storage}")
+    if args.tracking_uri:
+        sets.append(f"tracking_uri={args.tracking_uri}")
+    from .tracking import TrackingError, check_tracking_uri
+    try:
+        spec = load_spec(args.spec, sets)
+        check_tracking_uri(spec.tracking_uri or "")
+    except (SpecError, TrackingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = run_sweep(spec, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0 if summary["finished"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
