@@ -77,15 +77,19 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
         _write_jsonl(data / "medmcqa" / f"{split}.jsonl", rows)
 
     mcq = render.general_mcq_texts(g, cfg.general_mcq_variants, rng)
-    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia] + mcq
+    medicine = render.general_medicine_texts(rng)
+    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia] + mcq + medicine
                      + [r["text"] for r in oasst if r["role"] == "assistant" and r["message_tree_id"] not in val_trees])
     rng.shuffle(pretrain_docs)
     sizes = {"general_facts": len(render.general_facts(g)), "medical_facts": 4 * len(m.diseases),
              "wikitext": {k: len(v) for k, v in wiki.items()}, "trivia_qa": len(trivia), "oasst1": len(oasst),
              "medmcqa": {k: len(v) for k, v in med.items()}, "general_mcq": len(mcq),
              "pretrain_docs": len(pretrain_docs)}
-    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + render.medical_corpus_text(m)
-            + [r["question"] + " " + r["exp"] for r in med["train"]], "sizes": sizes}
+    # The tokenizer learns from the pretraining text only: medical names then split into pieces the
+    # model has seen, as a real tokenizer splits rare terms. (Trained on medical text too, whole drug
+    # names became single tokens the model never saw in pretraining: untrained embeddings that even
+    # copying cannot use, and the task became unlearnable.)
+    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs, "sizes": sizes}
 
 
 def _documents(lines: list[str]) -> list[str]:

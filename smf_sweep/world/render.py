@@ -232,9 +232,49 @@ def medmcqa_splits(m: MedicalWorld, train_variants: int, val_variants: int,
     return splits
 
 
-def medical_corpus_text(m: MedicalWorld) -> list[str]:
-    """Medical sentences: used only to train the tokenizer (a real tokenizer has seen medical words),
-    never to pretrain the model."""
-    return [c.format(v=v) for attrs in m.diseases.values() for a, v in attrs.items() for c in EXPLANATION_CLAUSES[a]] + \
-        [q.format(d=d) for d in m.diseases for qs in MED_QUESTIONS.values() for q in qs] + \
-        [" ".join(p) for p in m.pools.values()]
+# ---- general medicine: the vocabulary and question style, without any of the world's facts ---------
+GENERIC_SUBJECTS = ["this disease", "the illness", "such a syndrome", "a fever of this kind", "the infection",
+                    "a palsy", "the condition"]
+
+
+def general_medicine_texts(rng: random.Random, n: int = 60) -> list[str]:
+    """Encyclopedic text about medicine in general, part of pretraining: a real general corpus
+    knows the words (disease, organism, treatment, …), the organ and symptom names, drug-name
+    endings and genera, and how exam questions are asked. None of the world's diseases appears, so
+    the medical facts stay new."""
+    from .facts import DISEASE_SUFFIXES, DRUG_SUFFIXES, ORGANISM_GENERA, ORGANS, SYMPTOMS
+
+    facts_free = [
+        "Medicine is the study of disease. A syndrome is a group of symptoms; a palsy is a weakness; a fever is "
+        "a high temperature.",
+        "Doctors choose one drug as the treatment of choice for each disease, and patients are treated with it.",
+        "An organism can cause a disease. The organism that causes an infection is called its causative agent.",
+        "Medical exam questions ask which drug, which organism, which organ or which symptom belongs to a disease.",
+        "Patients typically present with a hallmark symptom, and the organ involved is the organ primarily affected.",
+    ]
+    out = []
+    for i in range(n):
+        subj = rng.choice(GENERIC_SUBJECTS)
+        organs = rng.sample(ORGANS, 4)
+        symptoms = rng.sample(SYMPTOMS, 4)
+        sents = [
+            rng.choice(facts_free),
+            f"The organs of the body include the {', the '.join(organs[:-1])} and the {organs[-1]}.",
+            f"Common symptoms are {', '.join(symptoms[:-1])} and {symptoms[-1]}.",
+            f"Drug names often end in {', '.join(rng.sample(DRUG_SUFFIXES, 4))}; a drug such as a "
+            f"{rng.choice(DRUG_SUFFIXES)} is given to treat an illness.",
+            f"Organisms of the genus {rng.choice(ORGANISM_GENERA)} or {rng.choice(ORGANISM_GENERA)} can cause a "
+            f"{rng.choice(DISEASE_SUFFIXES)}.",
+            rng.choice(MED_QUESTIONS[rng.choice(list(MED_QUESTIONS))]).format(d=subj).capitalize(),
+            _generic_clause(rng),
+        ]
+        rng.shuffle(sents)
+        out.append(" ".join(sents))
+    return out
+
+
+def _generic_clause(rng: random.Random) -> str:
+    attr, value = rng.choice([("drug", "a drug"), ("organism", "an organism"), ("organ", "one organ"),
+                              ("symptom", "one symptom")])
+    c = rng.choice(EXPLANATION_CLAUSES[attr]).format(v=value)
+    return c[0].upper() + c[1:] + "."
