@@ -1,0 +1,48 @@
+"""Build the embedded world (deterministic, cached by content; progress bar; prints its directory last).
+
+    python -m smf_sweep.world build [--out DIR] [--seed N] [--force]
+    python -m smf_sweep.world path  [--seed N]          # where the default world is (built or not)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .build import build_world, default_world_dir
+from .config import WorldConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smf_sweep.world", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="build (or reuse) the world; prints its directory last")
+    b.add_argument("--out", help="the world's directory (default: the cache, keyed by content)")
+    b.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    b.add_argument("--force", action="store_true", help="rebuild even if --out holds a world")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("path", help="print the default world's directory")
+    p.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    cfg = WorldConfig(seed=args.seed)
+    if args.cmd == "path":
+        print(default_world_dir(cfg))
+        return 0
+    try:
+        out = build_world(cfg, args.out, progress=not args.quiet, force=args.force)
+    except FileExistsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    info = json.loads((out / "world.json").read_text())
+    print(f"world {info['key']}: {info['parameters']:,} parameters, built in {info['build_seconds']:.0f} s, "
+          f"{info['sizes']['general_facts']} general facts, {info['sizes']['medical_facts']} medical facts",
+          file=sys.stderr)
+    if info.get("base_probes"):
+        print("base model: " + ", ".join(f"{k} {v:.4g}" for k, v in info["base_probes"].items()), file=sys.stderr)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
