@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import random
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -91,16 +92,18 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
                        run_stage=lambda setup, b, cfg, **kw: stage_runner(setup, b, cfg, **kw),
                        probe=(lambda m: probe_results(m, tok, probes, pbs)) if probes else None,
                        data=dict(config["data"]))
+    resume = Path(ckpt.to_directory()) if ckpt is not None else None
+    if resume is not None and (resume / FINAL).exists():      # restarted after it had finished
+        final = json.loads((resume / FINAL).read_text())
+        reporter(final, _final_checkpoint(final) if rank == 0 else None)
+        return final
     try:
         setup = method.setup(model, mcfg, ctx)
-        resume = None
-        if ckpt is not None:
-            resume = Path(ckpt.to_directory())
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
                          rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))
     except NonFiniteLoss as e:
         final = {"diverged": 1, "failure_reason": str(e), "done": 1}
-        reporter(final, None)
+        reporter(final, _final_checkpoint(final) if rank == 0 else None)
         return final
     final = {**last, "done": 1, "trainable_params": setup.trainable, "train_steps": total,
              **{f"info.{k}": (json.dumps(v) if not isinstance(v, (int, float, str)) else v)
@@ -111,5 +114,16 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     if rank == 0 and probes:
         final.update(probe_results(exported, tok, probes, pbs, prefix="after/"))
     setup.hooks.close()
-    reporter(final, None)
+    reporter(final, _final_checkpoint(final) if rank == 0 else None)
     return final
+
+
+FINAL = "final_metrics.json"
+
+
+def _final_checkpoint(final: dict) -> Path:
+    """Ray Train V2 keeps only metrics that come with a checkpoint (Result.metrics is the latest
+    checkpoint's), so the final report carries a small one: the metrics themselves, on storage."""
+    path = Path(tempfile.mkdtemp(prefix="final-"))
+    (path / FINAL).write_text(json.dumps(final, default=str))
+    return path
