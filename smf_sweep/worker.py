@@ -70,6 +70,8 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     else:
         rank, world, device, ckpt = 0, 1, torch.device(config.get("device", "cpu")), None
         reporter = reporter or (lambda m, c: None)
+    if config.get("fault"):                 # tests: crash this worker process once, after a checkpoint
+        reporter = _crash_after_checkpoint(reporter, **config["fault"])
     if config.get("threads"):
         torch.set_num_threads(int(config["threads"]))
     seed = int(config["seed"])
@@ -114,11 +116,35 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     if rank == 0 and probes:
         final.update(probe_results(exported, tok, probes, pbs, prefix="after/"))
     setup.hooks.close()
+    if config.get("debug_dir"):             # tests: each rank's weights, to compare ranks
+        _write_weights_digest(Path(config["debug_dir"]), rank, exported)
     reporter(final, _final_checkpoint(final) if rank == 0 else None)
     return final
 
 
 FINAL = "final_metrics.json"
+
+
+def _crash_after_checkpoint(reporter: Reporter, step: int, marker: str) -> Reporter:
+    """Wrap the reporter: after reporting a checkpoint at `step`, kill the process (os._exit) unless
+    `marker` exists — a worker dying mid-run, exactly once, for the resume test."""
+    import os
+
+    def report(metrics: dict, ckpt: Path | None) -> None:
+        reporter(metrics, ckpt)
+        if ckpt is not None and metrics.get("train/step") == step and not Path(marker).exists():
+            Path(marker).write_text(json.dumps(metrics))
+            os._exit(1)
+    return report
+
+
+def _write_weights_digest(path: Path, rank: int, model) -> None:
+    import hashlib
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode() + t.detach().cpu().float().numpy().tobytes())
+    path.mkdir(parents=True, exist_ok=True)
+    (path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "sha256": h.hexdigest()}))
 
 
 def _final_checkpoint(final: dict) -> Path:

@@ -89,7 +89,8 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
     # model has seen, as a real tokenizer splits rare terms. (Trained on medical text too, whole drug
     # names became single tokens the model never saw in pretraining: untrained embeddings that even
     # copying cannot use, and the task became unlearnable.)
-    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs, "sizes": sizes}
+    copy_sample = render.copy_texts(random.Random(cfg.seed), cfg.copy_texts)
+    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + copy_sample, "sizes": sizes}
 
 
 def _documents(lines: list[str]) -> list[str]:
@@ -129,7 +130,8 @@ def build_world(cfg: WorldConfig = WorldConfig(), out: Path | str | None = None,
             texts = write_data(cfg, tmp / "data")
             tok = train_tokenizer(texts["tokenizer_texts"], cfg, tmp / "model")
             model = build_model(cfg, len(tok))
-            stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress)
+            fresh = lambda epoch: render.copy_texts(random.Random(cfg.seed * 7919 + epoch), cfg.copy_texts)  # noqa: E731
+            stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress, fresh=fresh)
             model.save_pretrained(tmp / "model")
         finally:
             torch.set_num_threads(threads)

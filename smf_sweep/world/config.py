@@ -14,6 +14,7 @@ class WorldConfig:
     n_people: int = 60                 # each: profession, birthplace, work, birth year
     article_renders: int = 4           # train articles per entity, each with its own template choices
     general_mcq_variants: int = 2      # general multiple-choice questions per fact in pretraining
+    copy_texts: int = 300              # fresh texts with new random names per epoch (teach copying)
     # medical domain (the task; never seen in pretraining)
     n_diseases: int = 36               # each: drug, organism, organ, symptom → 4 facts
     train_variants: int = 6            # train questions per fact (wording × option order × distractors)
@@ -44,6 +45,6 @@ class WorldConfig:
 
 # A world small enough to build in seconds, for tests of the build machinery itself (determinism,
 # caching, schemas); its model learns nothing useful.
-TINY = WorldConfig(n_countries=3, n_cities=6, n_people=8, article_renders=2, n_diseases=6, vocab_size=400,
+TINY = WorldConfig(n_countries=4, n_cities=8, n_people=8, article_renders=2, n_diseases=6, vocab_size=400,
                    hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
-                   seq_len=64, batch_size=4, steps=6, warmup_steps=2)
+                   seq_len=64, batch_size=4, steps=6, warmup_steps=2, copy_texts=20)

@@ -5,6 +5,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -45,19 +46,25 @@ def build_model(cfg: WorldConfig, vocab_size: int):
     return Qwen2ForCausalLM(mc)
 
 
-def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool = True) -> dict:
-    """Packed causal-LM pretraining: each epoch shuffles the documents, joins them with EOS and cuts
-    seq_len windows; AdamW, linear warmup then cosine to 10%."""
-    ids = [tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for d in docs]
+def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool = True,
+             fresh: Callable[[int], list[str]] | None = None) -> dict:
+    """Packed causal-LM pretraining: each epoch shuffles the documents (plus `fresh(epoch)`, new
+    texts every epoch), joins them with EOS and cuts seq_len windows; AdamW, linear warmup then
+    cosine to 10%."""
+    enc = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+    ids = [enc(d) for d in docs]
     n_tokens = sum(map(len, ids))
     rng = random.Random(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
 
     def batches():
+        epoch = 0
         while True:
-            order = list(range(len(ids)))
+            epoch_ids = ids + ([enc(d) for d in fresh(epoch)] if fresh else [])
+            epoch += 1
+            order = list(range(len(epoch_ids)))
             rng.shuffle(order)
-            flat = torch.tensor([t for i in order for t in ids[i]])
+            flat = torch.tensor([t for i in order for t in epoch_ids[i]])
             n = flat.numel() // cfg.seq_len
             chunks = flat[: n * cfg.seq_len].view(n, cfg.seq_len)          # (n, T)
             perm = torch.randperm(n, generator=g)

@@ -278,3 +278,37 @@ def _generic_clause(rng: random.Random) -> str:
                               ("symptom", "one symptom")])
     c = rng.choice(EXPLANATION_CLAUSES[attr]).format(v=value)
     return c[0].upper() + c[1:] + "."
+
+
+# ---- in-context copying: fresh every epoch, never memorisable ----------------------------------------
+COPY_TEMPLATES = [
+    "{a} met {b} in the old town. {b} greeted {a}, and {a} thanked {b}.",
+    "The letter was signed by {a}. Everyone knew that {a} had written it, not {b}.",
+    "{a} and {b} were rivals. In the end {b} lost and {a} won.",
+    "A traveller called {a} came to the city. People still speak of {a}.",
+]
+
+
+def copy_texts(rng: random.Random, n: int) -> list[str]:
+    """Texts whose names are new random strings, generated afresh each pretraining epoch: the only
+    way to predict a name's second mention is to copy it from the context. A real LM copies and
+    reads options it has never seen; without this the world's model only recalls memorised facts,
+    cannot even copy an answer option, and no finetuning method can teach it new names."""
+    from .facts import CODAS, ONSETS, VOWELS
+
+    def name() -> str:
+        w = lambda k: "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(k)) + rng.choice(CODAS)  # noqa: E731
+        return f"{w(rng.randint(1, 2)).capitalize()} {w(rng.randint(2, 3)).capitalize()}"
+
+    out = []
+    for i in range(n):
+        a, b = name(), name()
+        if i % 2:
+            out.append(rng.choice(COPY_TEMPLATES).format(a=a, b=b))
+        else:  # a multiple-choice question answered from the context: read the options, copy the answer
+            opts = [a, b, name(), name()]
+            rng.shuffle(opts)
+            lines = "".join(f"\n{x}. {o}" for x, o in zip(LETTERS, opts))
+            out.append(f"Exam question:\nQuestion: {rng.choice(COPY_TEMPLATES).format(a=a, b=b)} "
+                       f"Who is mentioned first?{lines}\nAnswer: {LETTERS[opts.index(a)]}. {a}")
+    return out
