@@ -107,7 +107,7 @@ def outcome(spec: Spec, base: dict, after: dict) -> dict:
 
 # ---- running one trial through Ray Train --------------------------------------------------------
 def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, name: str,
-              in_tune: bool = False) -> dict:
+              in_tune: bool = False, extra: dict | None = None) -> dict:
     """Train through TorchTrainer (restarted workers resume from the last checkpoint), return the
     trial's outcome and training summary. Raises TrialFailed on divergence."""
     import ray.train
@@ -123,7 +123,7 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
         from ray.tune.integration.ray_train import TuneReportCallback
         callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
-        train_worker, train_loop_config=worker_config(spec, method, params, seed),
+        train_worker, train_loop_config={**worker_config(spec, method, params, seed), **(extra or {})},
         scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(

@@ -99,6 +99,12 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
         final = json.loads((resume / FINAL).read_text())
         reporter(final, _final_checkpoint(final) if rank == 0 else None)
         return final
+    if config.get("debug_dir"):             # tests: where each attempt of each rank started
+        d = Path(config["debug_dir"])
+        d.mkdir(parents=True, exist_ok=True)
+        start = json.loads((resume / "loop.json").read_text())["step"] if resume else 0
+        with open(d / "starts.jsonl", "a") as f:
+            f.write(json.dumps({"rank": rank, "start_step": start}) + "\n")
     try:
         setup = method.setup(model, mcfg, ctx)
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
@@ -126,13 +132,14 @@ FINAL = "final_metrics.json"
 
 
 def _crash_after_checkpoint(reporter: Reporter, step: int, marker: str) -> Reporter:
-    """Wrap the reporter: after reporting a checkpoint at `step`, kill the process (os._exit) unless
-    `marker` exists — a worker dying mid-run, exactly once, for the resume test."""
+    """Wrap the reporter: one report after the checkpoint at `step` (so that checkpoint is on
+    storage), kill the process (os._exit) unless `marker` exists — a worker dying mid-run, exactly
+    once, for the resume test."""
     import os
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         reporter(metrics, ckpt)
-        if ckpt is not None and metrics.get("train/step") == step and not Path(marker).exists():
+        if metrics.get("train/step") == step + 1 and not Path(marker).exists():
             Path(marker).write_text(json.dumps(metrics))
             os._exit(1)
     return report
