@@ -133,16 +133,26 @@ def build_world(cfg: WorldConfig = WorldConfig(), out: Path | str | None = None,
             fresh = lambda epoch: render.copy_texts(random.Random(cfg.seed * 7919 + epoch), cfg.copy_texts)  # noqa: E731
             stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress, fresh=fresh)
             model.save_pretrained(tmp / "model")
+            probes = base_probes(tmp, model, tok)
         finally:
             torch.set_num_threads(threads)
         info = {"key": key, "content_hash": content_hash(tmp), "config": cfg.to_dict(), "sizes": texts["sizes"],
                 "parameters": sum(p.numel() for p in model.parameters()), "pretrain": stats,
-                "build_seconds": round(time.perf_counter() - t0, 1)}
+                "base_probes": probes, "build_seconds": round(time.perf_counter() - t0, 1)}
         (tmp / "world.json").write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
         return out
+
+
+def base_probes(world: Path, model, tokenizer) -> dict[str, float]:
+    """The study's three probes (all questions/lines of the world) on the fresh base model."""
+    from ..probes import run_probes
+
+    src = f"world:{world}"
+    specs = [{"task": t, "source": src, "limit": 0} for t in ("medmcqa", "triviaqa", "wikitext")]
+    return {k: round(r.value, 4) for k, r in run_probes(model, tokenizer, specs, batch_size=32).items()}
 
 
 @contextlib.contextmanager

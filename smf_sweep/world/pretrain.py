@@ -1,14 +1,12 @@
 """Tokenizer training and pretraining of the world's small Qwen2 model on general text only."""
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm import tqdm
 
 from .config import WorldConfig
 
@@ -46,57 +44,66 @@ def build_model(cfg: WorldConfig, vocab_size: int):
     return Qwen2ForCausalLM(mc)
 
 
+class PackedBatcher:
+    """Packed causal-LM batches, the Batcher interface of the one training loop.
+
+    Each epoch shuffles the documents (plus `fresh(epoch)`: new texts every epoch), joins them with
+    EOS and cuts seq_len windows in a seeded order. Epochs are built in order as they are reached."""
+
+    def __init__(self, ids: list[list[int]], encode: Callable[[str], list[int]], cfg: WorldConfig,
+                 fresh: Callable[[int], list[str]] | None):
+        self.ids, self.encode, self.cfg, self.fresh = ids, encode, cfg, fresh
+        self.rng = random.Random(cfg.seed)
+        self.g = torch.Generator().manual_seed(cfg.seed)
+        self.epochs: list[torch.Tensor] = []          # (batches, B, T) per epoch built so far
+        self.per_epoch = self._epoch(0).shape[0]      # approximate: epochs differ slightly in length
+        self.offsets = [0]
+
+    def _epoch(self, e: int) -> torch.Tensor:
+        while len(self.epochs) <= e:
+            k = len(self.epochs)
+            docs = self.ids + ([self.encode(d) for d in self.fresh(k)] if self.fresh else [])
+            order = list(range(len(docs)))
+            self.rng.shuffle(order)
+            flat = torch.tensor([t for i in order for t in docs[i]])
+            T, B = self.cfg.seq_len, self.cfg.batch_size
+            n = flat.numel() // T
+            chunks = flat[: n * T].view(n, T)[torch.randperm(n, generator=self.g)]     # (n, T)
+            self.epochs.append(chunks[: n // B * B].view(n // B, B, T))                  # (batches, B, T)
+        return self.epochs[e]
+
+    def micro_batch(self, k: int) -> dict[str, torch.Tensor]:
+        e = 0
+        while k >= self._epoch(e).shape[0]:
+            k -= self._epoch(e).shape[0]
+            e += 1
+        x = self._epoch(e)[k]                                                            # (B, T)
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x}
+
+
 def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool = True,
              fresh: Callable[[int], list[str]] | None = None) -> dict:
-    """Packed causal-LM pretraining: each epoch shuffles the documents (plus `fresh(epoch)`, new
-    texts every epoch), joins them with EOS and cuts seq_len windows; AdamW, linear warmup then
-    cosine to 10%."""
-    enc = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
-    ids = [enc(d) for d in docs]
+    """Causal-LM pretraining on packed general text through THE training loop
+    (train_loop.run_stage): AdamW (β2 0.95, wd 0.1), linear warmup, cosine to 10 %."""
+    from ..methods.base import Setup, TorchStepper, warmup_cosine
+    from ..train_loop import TrainConfig, run_stage
+
+    encode = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+    ids = [encode(d) for d in docs]
     n_tokens = sum(map(len, ids))
-    rng = random.Random(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-
-    def batches():
-        epoch = 0
-        while True:
-            epoch_ids = ids + ([enc(d) for d in fresh(epoch)] if fresh else [])
-            epoch += 1
-            order = list(range(len(epoch_ids)))
-            rng.shuffle(order)
-            flat = torch.tensor([t for i in order for t in epoch_ids[i]])
-            n = flat.numel() // cfg.seq_len
-            chunks = flat[: n * cfg.seq_len].view(n, cfg.seq_len)          # (n, T)
-            perm = torch.randperm(n, generator=g)
-            for s in range(0, n - cfg.batch_size + 1, cfg.batch_size):
-                yield chunks[perm[s: s + cfg.batch_size]]                    # (B, T)
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    t0, losses = time.perf_counter(), []
-    it = batches()
-    bar = tqdm(range(cfg.steps), desc="pretraining world model", disable=not progress, mininterval=2)
-    for step in bar:
-        x = next(it)
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    batcher = PackedBatcher(ids, encode, cfg, fresh)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    stepper = TorchStepper(params, opt, warmup_cosine(cfg.warmup_steps, cfg.steps, floor=0.1), grad_clip=1.0)
+    tcfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, micro_batch_size=cfg.batch_size, grad_accum=1,
+                       max_len=cfg.seq_len, warmup_steps=cfg.warmup_steps, lr_floor=0.1,
+                       weight_decay=cfg.weight_decay, precision="fp32", log_every=50)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    run_stage(Setup(model=model, stepper=stepper, export=lambda: model), batcher, tcfg,
+              lambda m, _: losses.append(m["pretrain/loss"]), stage="pretrain", total_steps=cfg.steps,
+              progress=progress)
     model.eval()
     seen = cfg.steps * cfg.batch_size * cfg.seq_len
     return {"corpus_tokens": n_tokens, "tokens_seen": seen, "epochs": round(seen / n_tokens, 1),
-            "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "final_loss": round(losses[-1], 4), "seconds": round(time.perf_counter() - t0, 1)}
