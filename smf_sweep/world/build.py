@@ -19,6 +19,7 @@ import torch
 from . import render
 from .config import WorldConfig
 from .facts import make_worlds
+from ..models import load_tokenizer
 from .pretrain import build_model, pretrain, train_tokenizer
 
 FORMAT_VERSION = 1   # bump when the directory layout changes
@@ -128,7 +129,8 @@ def build_world(cfg: WorldConfig = WorldConfig(), out: Path | str | None = None,
         torch.set_num_threads(cfg.threads)
         try:
             texts = write_data(cfg, tmp / "data")
-            tok = train_tokenizer(texts["tokenizer_texts"], cfg, tmp / "model")
+            train_tokenizer(texts["tokenizer_texts"], cfg, tmp / "model")
+            tok = load_tokenizer(tmp / "model")        # exactly what users of the world will load
             model = build_model(cfg, len(tok))
             fresh = lambda epoch: render.copy_texts(random.Random(cfg.seed * 7919 + epoch), cfg.copy_texts)  # noqa: E731
             stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress, fresh=fresh)

@@ -15,13 +15,19 @@ SPECIALS = [EOS, "<|im_start|>", "<|im_end|>"]
 
 
 def train_tokenizer(texts: list[str], cfg: WorldConfig, out: Path):
-    """Byte-level BPE (Qwen's tokenizer family) trained on the world's text, saved with
-    save_pretrained so AutoTokenizer loads it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Byte-level BPE with Qwen2's exact normaliser and pre-tokeniser (digits split one by one, …),
+    trained on the world's text and saved with save_pretrained. AutoTokenizer loads it as a
+    Qwen2Tokenizer, which rebuilds that pre-tokeniser itself: with any other one, the tokenizer
+    users load would split text differently from the one the model was pretrained with."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

@@ -1,0 +1,108 @@
+"""The embedded world: deterministic, cached by content, in the real schemas, with a tokenizer that
+loads exactly as it was trained, and — on the default world — the targets that make the science
+meaningful (the base model knows the general facts, not the medical ones; full finetuning can learn
+the medical task)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from smf_sweep.data import load_medmcqa, load_oasst1, load_triviaqa, load_wikitext, load_wikitext_documents
+from smf_sweep.world import TINY, build_world, content_hash, world_key
+
+
+def test_deterministic_two_builds_same_hash(tmp_path, tiny_world):
+    again = build_world(TINY, tmp_path / "again", progress=False)
+    a, b = json.loads((tiny_world / "world.json").read_text()), json.loads((again / "world.json").read_text())
+    assert a["key"] == b["key"] == world_key(TINY)
+    assert a["content_hash"] == b["content_hash"] == content_hash(again)
+
+
+def test_cached_by_content(tmp_path, tiny_world):
+    stamp = (tiny_world / "world.json").stat().st_mtime_ns
+    assert build_world(TINY, tiny_world, progress=False) == tiny_world
+    assert (tiny_world / "world.json").stat().st_mtime_ns == stamp            # reused, not rebuilt
+    with pytest.raises(FileExistsError, match="holds another world"):
+        build_world(TINY.replace(seed=1), tiny_world, progress=False)
+    assert world_key(TINY.replace(seed=1)) != world_key(TINY)
+
+
+def test_datasets_in_the_real_schemas(tiny_world):
+    src = f"world:{tiny_world}"
+    med = load_medmcqa(src, "train")
+    assert {"id", "question", "opa", "opb", "opc", "opd", "cop", "choice_type", "exp", "subject_name"} <= set(med.column_names)
+    assert set(load_medmcqa(src, "train", single_only=False)["choice_type"]) == {"single", "multi"}
+    tq = load_triviaqa(src)
+    assert {"question", "question_id", "answer"} <= set(tq.column_names)
+    assert tq[0]["answer"]["value"] in tq[0]["answer"]["aliases"]
+    assert "text" in load_wikitext(src, "test").column_names
+    assert "page" in load_wikitext_documents(src).column_names
+    oa = load_oasst1(src, "train")
+    assert set(oa["role"]) == {"assistant"} and all(r in (0, 1) for r in oa["rank"]) and set(oa["lang"]) == {"en"}
+
+
+def test_tokenizer_loads_exactly_as_trained(tiny_world):
+    from tokenizers import Tokenizer
+
+    from smf_sweep.models import load_tokenizer
+    tok = load_tokenizer(tiny_world / "model")
+    raw = Tokenizer.from_file(str(tiny_world / "model" / "tokenizer.json"))
+    text = "\n\n".join(r["text"] for r in load_wikitext(f"world:{tiny_world}", "test"))
+    text += " It was 1715, the  Glass Tower.\nDon't"
+    assert tok(text, add_special_tokens=False)["input_ids"] == raw.encode(text, add_special_tokens=False).ids
+
+
+def test_medical_validation_tests_train_facts_with_new_options(tiny_world):
+    src = f"world:{tiny_world}"
+    train, val = load_medmcqa(src, "train"), load_medmcqa(src, "validation")
+    opts = lambda r: [r["opa"], r["opb"], r["opc"], r["opd"]]  # noqa: E731
+    seen = {}
+    for r in train:
+        fact = (r["question"], opts(r)[r["cop"]])
+        seen.setdefault(fact, set()).add((frozenset(opts(r)), r["cop"]))
+    for r in val:
+        fact = (r["question"], opts(r)[r["cop"]])
+        assert fact in seen, f"validation fact not taught in train: {fact}"
+        assert (frozenset(opts(r)), r["cop"]) not in seen[fact], "same options and answer position as a train item"
+
+
+def test_medical_facts_are_not_in_pretraining_text(tiny_world):
+    src = f"world:{tiny_world}"
+    diseases = {r["question"].split(" for ")[-1].rstrip("?") for r in load_medmcqa(src, "train")
+                if r["question"].startswith("Which drug is the treatment")}
+    general = " ".join(load_wikitext(src, "train")["text"]) + " ".join(load_oasst1(src, "train")["text"])
+    assert diseases and not [d for d in diseases if d in general]
+
+
+# ---- the default world: the targets --------------------------------------------------------------
+@pytest.mark.slow
+def test_default_world_base_model_targets(world):
+    from smf_sweep.models import load_model, load_tokenizer
+    from smf_sweep.probes import run_probes
+
+    info = json.loads((world / "world.json").read_text())
+    assert info["build_seconds"] < 15 * 60
+    src = f"world:{world}"
+    res = run_probes(load_model(world / "model"), load_tokenizer(world / "model"),
+                     [{"task": t, "source": src, "limit": 0} for t in ("medmcqa", "triviaqa", "wikitext")], batch_size=32)
+    assert res["triviaqa"].value >= 0.60, res["triviaqa"]
+    assert res["medmcqa"].value <= 0.40, res["medmcqa"]
+    assert res["wikitext"].value < 100
+    for k, r in res.items():              # world.json's numbers are what the probes give
+        assert abs(info["base_probes"][k] - r.value) < 1e-3
+
+
+@pytest.mark.slow
+def test_default_world_full_finetuning_learns_the_task(world, tmp_path):
+    from smf_sweep.worker import train_worker
+
+    src = f"world:{world}"
+    final = train_worker({
+        "model": str(world / "model"), "method": "full", "method_cfg": {}, "seed": 0, "cache_dir": str(tmp_path),
+        "train": {"lr": 3e-4, "epochs": 6, "micro_batch_size": 16, "grad_accum": 1, "max_len": 512, "warmup_steps": 10,
+                  "log_every": 50},
+        "data": {"task": src, "retrofit": src}, "threads": 2,
+        "probes": [{"task": "medmcqa", "source": src, "limit": 0}]}, reporter=lambda m, c: None)
+    assert final["after/medmcqa"] >= 0.60, final
