@@ -419,6 +419,31 @@ class LocalCluster:
         self._wait_ray_start(procs, deadline)
         self._wait_ready(deadline)
 
+    def stop_node(self, name: str) -> int:
+        """Kill one extra node (`w1`, …) the hard way (SIGKILL to its raylet, workers and agents):
+        a machine lost mid-run, for fault tests. Returns how many processes were killed."""
+        node = next((n for n in self.nodes if n.name == name), None)
+        if node is None or node.name == "head":
+            raise ValueError(f"no extra node {name!r}; nodes: {[n.name for n in self.nodes[1:]]}")
+        procs = cluster_processes(self.cluster_id)
+        mine = {}
+        for pid, start in procs.items():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if node.temp_dir.encode() in cmd:
+                mine[pid] = start
+        grew = True
+        while grew:                           # and their descendants (workers the raylet forked)
+            grew = False
+            for pid, start in procs.items():
+                st = _stat(pid)
+                if pid not in mine and st is not None and st[0] in mine:
+                    mine[pid], grew = start, True
+        _signal_all(mine, signal.SIGKILL)
+        return len(mine)
+
     def alive_nodes(self) -> list[dict[str, Any]]:
         """Alive nodes as the dashboard's state API reports them ([] if it does not answer)."""
         code, body = _http_get(f"{self.dashboard_url}/api/v0/nodes?limit=1000&detail=true", self.token)

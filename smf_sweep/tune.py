@@ -133,6 +133,8 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     from .trial import base_probes
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")   # training reports lack objectives
+    # absolute, here: trials run in their own working directories (and jobs in a temp copy)
+    spec = dataclasses.replace(spec, storage=str(Path(spec.storage).expanduser().resolve()))
     sweep = spec.sweep_dir()
     sweep.mkdir(parents=True, exist_ok=True)
     uri = spec.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
@@ -150,7 +152,11 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     tracker = SweepTracker(uri, experiment, spec.name, spec.spec_hash())
     tracker.log_sweep(spec.to_dict(), base, frozen)
 
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, spec=spec, base=base), {"cpu": 0})
+    # The trial function only drives its Ray Train run: it reserves no CPU (a token of memory, as Ray
+    # rejects an empty bundle), so trials are placed by their workers' resources. A fractional CPU
+    # here would leave 1.98 of 2 CPUs and the second trial's whole-CPU worker would wait forever.
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, spec=spec, base=base),
+                                    {"cpu": 0, "memory": 64 * 2 ** 20})
     logger = MLflowTrialLogger({"uri": uri, "experiment": experiment, "sweep": spec.name,
                                 "spec_hash": spec.spec_hash()}, Describe(spec))
     path = sweep / "tune" / spec.name

@@ -110,10 +110,12 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
                          rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))
     except NonFiniteLoss as e:
-        final = {"diverged": 1, "failure_reason": str(e), "done": 1}
+        final = {"diverged": 1, "failure_reason": str(e), "final": 1}
         reporter(final, _final_checkpoint(final) if rank == 0 else None)
         return final
-    final = {**last, "done": 1, "trainable_params": setup.trainable, "train_steps": total,
+    # (never "done": Tune reads done=True in a result as "stop this trial", which killed the driver
+    # before its final report and left the Train run's placement group reserved)
+    final = {**last, "final": 1, "trainable_params": setup.trainable, "train_steps": total,
              **{f"info.{k}": (json.dumps(v) if not isinstance(v, (int, float, str)) else v)
                 for k, v in setup.info.items() if k != "retrofit_probes"}}
     for k, v in setup.info.get("retrofit_probes", {}).items():

@@ -28,7 +28,7 @@ def _run(world, tmp_path, method, method_cfg=None, **train):
     cfg["cache_dir"] = str(tmp_path / "cache")
     log = []
     final = train_worker(cfg, reporter=lambda m, c: log.append(m))
-    return final, [m["train/loss"] for m in log if "train/loss" in m and "done" not in m]
+    return final, [m["train/loss"] for m in log if "train/loss" in m and "final" not in m]
 
 
 @pytest.mark.parametrize("method, mcfg, lr", [("lora", {}, 3e-3), ("full", {}, 1e-3),

@@ -1,0 +1,137 @@
+"""The sweep on a real local multi-node Ray cluster (a head and a worker node on 127.0.0.1, token
+auth, an `mlflow server`), submitted with `ray job submit --working-dir .`: trials spread over the
+nodes (from Ray's own actor records), every trial reaches the MLflow server, a job driver stopped
+mid-sweep resumes on resubmission, and a worker node killed mid-trial does not lose the sweep."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["train.max_steps=40", "train.log_every=10", "methods.smf.fixed.background_batches=40"]
+
+
+@pytest.fixture(scope="module")
+def cluster(world):
+    from cluster.local import LocalCluster
+    # one CPU per node: two trials at once must use both nodes
+    with LocalCluster(workers=1, head_cpus=1, worker_cpus=1, mlflow=True) as c:
+        yield c
+
+
+def submit(c, storage: Path, name: str, *sets: str, wait: bool = True) -> subprocess.CompletedProcess:
+    entry = ["python", "-m", "smf_sweep.tune", "search_spaces/smoke.yaml", "--storage", str(storage),
+             "--tracking-uri", c.mlflow_uri, "--quiet", "--set", f"name={name}"]
+    for s in [*SHORT, *sets]:
+        entry += ["--set", s]
+    argv = c.job_submit_argv(entry, working_dir=str(ROOT), extra=[] if wait else ["--no-wait"])
+    return subprocess.run(argv, env=c.client_env(), capture_output=True, text=True, timeout=1500, cwd=ROOT)
+
+
+def job_id(r: subprocess.CompletedProcess) -> str:
+    for tok in (r.stdout + r.stderr).replace("'", " ").split():
+        if tok.startswith("raysubmit_"):
+            return tok
+    raise AssertionError(r.stdout + r.stderr)
+
+
+def finished_runs(uri: str, name: str) -> list:
+    from mlflow.tracking import MlflowClient
+    c = MlflowClient(tracking_uri=uri)
+    exp = c.get_experiment_by_name(f"smf_sweep/{name}")
+    if exp is None:
+        return []
+    return [r for r in c.search_runs([exp.experiment_id], filter_string="tags.`smf_sweep.role` = 'trial'")]
+
+
+def wait_for(pred, timeout: float, what: str, every: float = 3.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def optuna_states(sweep: Path) -> list[str]:
+    import optuna
+    storage = f"sqlite:///{sweep / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)
+    return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)]
+
+
+def test_stopped_job_driver_resumes_on_resubmission(cluster, tmp_path):
+    name, sets = "resume", ["search.trials=0", "methods.full.points=[]"]      # 3 study points
+    r = submit(cluster, tmp_path, name, *sets, wait=False)
+    jid = job_id(r)
+    done = lambda: [x for x in finished_runs(cluster.mlflow_uri, name) if x.info.status == "FINISHED"]  # noqa: E731
+    first = wait_for(done, 900, "a finished trial")
+    stop = subprocess.run(["ray", "job", "stop", "--address", cluster.dashboard_url, jid], env=cluster.client_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert stop.returncode == 0, stop.stderr
+    trained = {p.name for p in (tmp_path / name / "train").iterdir()}
+    r2 = submit(cluster, tmp_path, name, *sets)
+    assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
+    assert "resuming sweep" in r2.stdout + r2.stderr
+    states = optuna_states(tmp_path / name)
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
+    runs = finished_runs(cluster.mlflow_uri, name)
+    assert sorted(x.info.status for x in runs) == ["FINISHED"] * 3
+    assert {x.info.run_id for x in first} <= {x.info.run_id for x in runs}       # records kept
+    after = {p.name for p in (tmp_path / name / "train").iterdir()}
+    assert trained <= after and len(after) == 3                                     # nothing trained twice
+
+
+def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
+    import ray
+    from ray.util.state import list_actors, list_nodes
+
+    name = "cluster"
+    t0 = time.time()
+    r = submit(cluster, tmp_path, name, wait=False)
+    jid = job_id(r)
+    with cluster.connect():
+        nodes = {n.node_id: n for n in list_nodes(detail=True)}
+        worker_node = next(i for i, n in nodes.items() if "node_w1" in (n.resources_total or {}))
+        first = wait_for(lambda: [x for x in finished_runs(cluster.mlflow_uri, name) if x.info.status == "FINISHED"],
+                         900, "a finished trial")
+        wait_for(lambda: [a for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                                                 detail=True) if a.node_id == worker_node], 600, "a trial on the worker node", 1)
+        time.sleep(5)                                             # mid-trial
+        assert cluster.stop_node("w1") > 0
+        status = wait_for(lambda: _job_status(cluster, jid) in ("SUCCEEDED", "FAILED", "STOPPED") and _job_status(cluster, jid),
+                          1500, "the job to end", 5)
+        used = {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000)}
+    logs = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard_url, jid], env=cluster.client_env(),
+                          capture_output=True, text=True, timeout=120).stdout
+    assert status == "SUCCEEDED", logs[-4000:]
+    assert worker_node in used and len(used) >= 2, "trials did not run on more than one node"
+    runs = finished_runs(cluster.mlflow_uri, name)
+    assert len(runs) == 6
+    by_status = {}
+    for x in runs:
+        by_status.setdefault(x.info.status, []).append(x)
+    for x in by_status.get("FAILED", []):                     # the interrupted trial, if it was not retried
+        assert x.data.tags.get("failure_reason")
+    assert len(by_status.get("FINISHED", [])) >= 5
+    for x in first:                                           # finished before the fault: still there
+        again = next(y for y in runs if y.info.run_id == x.info.run_id)
+        assert again.info.status == "FINISHED" and "forgetting" in again.data.metrics
+    assert "RUNNING" not in optuna_states(tmp_path / name)
+    print(json.dumps({"cluster_sweep_seconds": round(time.time() - t0), "nodes_used": len(used),
+                      "statuses": {k: len(v) for k, v in by_status.items()}}))
+
+
+def _job_status(c, jid: str) -> str:
+    r = subprocess.run(["ray", "job", "status", "--address", c.dashboard_url, jid], env=c.client_env(),
+                       capture_output=True, text=True, timeout=60)
+    for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+        if s in r.stdout:
+            return s
+    return "UNKNOWN"
