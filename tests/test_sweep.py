@@ -84,7 +84,7 @@ def test_every_trial_has_both_objectives_in_optuna_and_mlflow(smoke):
         hist = __import__("mlflow").tracking.MlflowClient(smoke["summary"]["tracking_uri"]).get_metric_history(
             r.info.run_id, "train/loss")
         assert len(hist) >= 2 and hist[-1].step == 12          # per-step training metrics
-        assert r.data.params["method"] == r.data.tags["method"] and "train.lr" in r.data.params
+        assert r.data.params["method"] == r.data.tags["method"] and "lr" in r.data.params and "train.epochs" in r.data.params
 
 
 def test_sweep_dir_and_parent_run(smoke):
