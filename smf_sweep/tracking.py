@@ -138,7 +138,7 @@ class MLflowTrialLogger(Callback):
         rid = t.trial_run(trial.trial_id)
         params, tags = self.describe(trial.config)
         if rid is None:
-            rid = t.client.create_run(t.experiment_id, run_name=f"{trial.config.get('method')}-{trial.trial_id}", tags={
+            rid = t.client.create_run(t.experiment_id, run_name=f"{tags.get('method')}-{trial.trial_id}", tags={
                 "mlflow.parentRunId": t.parent_id, "smf_sweep.role": "trial", "trial_id": trial.trial_id, **tags}).info.run_id
             from mlflow.entities import Param
             t.client.log_batch(rid, params=[Param(k, v[:6000]) for k, v in params.items()])

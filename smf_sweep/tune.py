@@ -51,6 +51,7 @@ def points_of(spec: Spec) -> list[dict]:
 
 
 def trial_params(config: dict) -> tuple[str, dict, int | None]:
+    config = config.get("point", config)          # confirm stage: {"point": {...}} from a grid
     method = config["method"]
     params = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith(method + ".")}
     return method, params, config.get("seed")
@@ -116,6 +117,7 @@ class Describe:
         p = {"method": method, "seed": str(seed), "lr": str(tcfg.lr),
              **flatten(dataclasses.asdict(mcfg), f"{method}."),
              **{k: v for k, v in flatten(tcfg.to_dict(), "train.").items() if k != "train.lr"}}   # lr: above
+        config = config.get("point", config)
         point = {k: v for k, v in config.items() if k == "method" or k.startswith(method + ".")}
         tags = {"method": method, "seed": str(seed), "spec_hash": self.spec.spec_hash(),
                 "smf_sweep.default_point": str(point in self.points).lower(),
@@ -175,7 +177,32 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       verbose=1 if progress else 0))
     grid = tuner.fit()
-    return summarize(spec, grid, uri)
+    summary = summarize(spec, grid, uri)
+    if spec.confirm.top and summary["front"]:
+        summary["confirm"] = confirm(spec, summary["front"], trainable, logger, sweep, progress)
+    return summary
+
+
+def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progress: bool) -> dict:
+    """Re-run the `confirm.top` Pareto-optimal configs (highest gain first) with each of
+    `confirm.seeds`: a grid of fixed configs in a second Tune experiment (resumable too), tagged
+    stage=confirm in MLflow, so analysis can report mean ± std over seeds."""
+    from ray import tune
+
+    best = sorted(front, key=lambda r: -r["medmcqa_gain_pp"])[: spec.confirm.top]
+    points = [{**r["params"], "seed": seed, "stage": "confirm"} for r in best for seed in spec.confirm.seeds]
+    path = sweep / "tune" / f"{spec.name}-confirm"
+    if tune.Tuner.can_restore(str(path)):
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.concurrency),
+                           run_config=tune.RunConfig(name=f"{spec.name}-confirm", storage_path=str(sweep / "tune"),
+                                                     callbacks=[logger], verbose=1 if progress else 0))
+    grid = tuner.fit()
+    ok = [r for r in grid if r.error is None]
+    print(f"confirm stage: {len(ok)} of {len(points)} re-runs finished ({len(best)} configs × seeds {spec.confirm.seeds})")
+    return {"configs": len(best), "runs": len(points), "finished": len(ok)}
 
 
 def summarize(spec: Spec, grid, uri: str) -> dict:
@@ -189,6 +216,7 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
         ok = r.error is None and all(isinstance(m.get(k), (int, float)) for k in OBJECTIVE_KEYS)
         cfg = {k: v for k, v in (r.config or {}).items()}
         rows.append({"trial_id": m.get("trial_id", ""), "method": cfg.get("method"), "status": "ok" if ok else "failed",
+                     "params": {k: v for k, v in cfg.items() if k == "method" or k.startswith(f"{cfg.get('method')}.")},
                      **{k: m.get(k) for k in OBJECTIVE_KEYS}, "config": json.dumps(
                          {k: v for k, v in cfg.items() if k != "method"}, default=str)})
     df = pd.DataFrame(rows)
@@ -196,8 +224,8 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
     front = done[pareto_mask(done, gain="medmcqa_gain_pp", cost="forgetting")] if len(done) else done
     print(f"\n{len(done)} of {len(df)} trials finished; Pareto-optimal (MedMCQA gain ↑, forgetting ↓):")
     if len(front):
-        print(front.sort_values("medmcqa_gain_pp", ascending=False).to_string(index=False,
-              float_format=lambda x: f"{x:+.2f}"))
+        print(front.drop(columns=["params"]).sort_values("medmcqa_gain_pp", ascending=False).to_string(
+            index=False, float_format=lambda x: f"{x:+.2f}"))
     sweep = spec.sweep_dir()
     print(f"\nsweep dir: {sweep}\nMLflow:    {uri}   (mlflow ui --backend-store-uri {uri})"
           f"\nplots:     python -m analysis.pareto {sweep}")

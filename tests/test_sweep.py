@@ -132,10 +132,13 @@ def test_sweep_logs_to_a_real_mlflow_server(world, tmp_path):
             except Exception:
                 time.sleep(1)
         run(sweep_cmd(tmp_path / "sweeps", "--tracking-uri", uri, "--set", "search.trials=0",
-                      "--set", "methods.full.points=[]", "--set", "methods.smf.points=[{n_keys: 16, top_t: 16, selector: kl, lr: 0.01}]"))
+                      "--set", "methods.full.points=[]", "--set", "methods.smf.points=[{n_keys: 16, top_t: 16, selector: kl, lr: 0.01}]",
+                      "--set", "confirm.top=1", "--set", "confirm.seeds=[1]"))
         runs = mlflow_trials(uri)
         assert {r.data.tags["method"] for r in runs} == {"smf", "lora"}
         assert all(r.info.status == "FINISHED" and "forgetting" in r.data.metrics for r in runs)
+        confirm = [r for r in runs if r.data.tags.get("stage") == "confirm"]      # the confirm stage
+        assert len(runs) == 3 and len(confirm) == 1 and confirm[0].data.params["seed"] == "1"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
