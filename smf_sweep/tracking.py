@@ -18,7 +18,7 @@ from ray.tune import Callback
 STEP_PREFIXES = ("train/", "retrofit/")
 _TASKS = "medmcqa|wikitext|triviaqa"
 FINAL_KEYS = re.compile(rf"^(({_TASKS})/(before|after|delta)|retrofit/({_TASKS})|medmcqa_gain_pp|forgetting"
-                        r"|trial_seconds|trainable_params|train_steps)$")
+                        r"|trial_seconds|trainable_params|train_steps|time\.\w+)$")
 
 
 class TrackingError(RuntimeError):
@@ -180,7 +180,16 @@ class MLflowTrialLogger(Callback):
         self.tracker.client.set_terminated(rid, "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        self.tracker.finish("FINISHED")
+        """Runs of trials that a stopped driver had started but Tune never recorded stay RUNNING:
+        end them KILLED with the reason (their configurations were re-queued on resume)."""
+        t, known = self.tracker, {tr.trial_id for tr in trials}
+        for run in t.client.search_runs([t.experiment_id], filter_string=(
+                f"tags.`mlflow.parentRunId` = '{t.parent_id}' and attributes.status = 'RUNNING'")):
+            if run.data.tags.get("trial_id") not in known:
+                t.client.set_tag(run.info.run_id, "failure_reason", "interrupted: the sweep's driver stopped before "
+                                 "Tune recorded this trial; its configuration was run again on resume")
+                t.client.set_terminated(run.info.run_id, "KILLED")
+        t.finish("FINISHED")
 
 
 def failure_reason(trial) -> str:

@@ -138,7 +138,7 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
         raise TrialFailed(m.get("failure_reason", "diverged"))
     after = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("after/") and "." not in k}
     out = outcome(spec, base, after)
-    out.update({k: v for k, v in m.items() if k.startswith(("retrofit/", "train/", "info.")) and
+    out.update({k: v for k, v in m.items() if k.startswith(("retrofit/", "train/", "info.", "time.")) and
                 isinstance(v, (int, float, str))})
     out.update({"trainable_params": m.get("trainable_params"), "train_steps": m.get("train_steps"),
                 "trial_seconds": time.perf_counter() - t0, "method": method, "seed": seed})

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from .spec import Spec, SpecError, build_configs, load_spec, resolve_world
@@ -77,6 +78,20 @@ def make_searcher(spec: Spec):
                 return
             super().on_trial_complete(trial_id, result, error)
 
+        def restore(self, checkpoint_path: str):
+            """After Tune restores the searcher, find study trials still RUNNING that no restored
+            Tune trial owns: a driver that was stopped had asked for them after Tune's last
+            experiment checkpoint, so nothing would ever finish them. Tell them FAIL (tagged) and
+            enqueue their parameters again, so the resumed sweep runs them."""
+            super().restore(checkpoint_path)
+            owned = {t.number for t in self._ot_trials.values()}
+            for t in self._ot_study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.RUNNING]):
+                if t.number not in owned:
+                    self._ot_study._storage.set_trial_system_attr(
+                        t._trial_id, "smf_sweep.lost", "driver stopped before Tune recorded the trial; re-queued")
+                    self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+                    self._ot_study.enqueue_trial(t.params)
+
     samplers = {"tpe": lambda s: optuna.samplers.TPESampler(seed=s),
                 "random": lambda s: optuna.samplers.RandomSampler(seed=s),
                 "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s)}
@@ -132,6 +147,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     import ray
     from ray import tune
 
+    from .janitor import PlacementGroupJanitor
     from .tracking import MLflowTrialLogger, SweepTracker, check_tracking_uri
     from .trial import base_probes
 
@@ -173,7 +189,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
             trainable,
             tune_config=tune.TuneConfig(search_alg=make_searcher(spec), num_samples=n,
                                         max_concurrent_trials=spec.search.concurrency),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep / "tune"), callbacks=[logger],
+            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep / "tune"), callbacks=[logger, PlacementGroupJanitor()],
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       verbose=1 if progress else 0))
     grid = tuner.fit()
@@ -189,6 +205,8 @@ def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progr
     stage=confirm in MLflow, so analysis can report mean ± std over seeds."""
     from ray import tune
 
+    from .janitor import PlacementGroupJanitor
+
     best = sorted(front, key=lambda r: -r["medmcqa_gain_pp"])[: spec.confirm.top]
     points = [{**r["params"], "seed": seed, "stage": "confirm"} for r in best for seed in spec.confirm.seeds]
     path = sweep / "tune" / f"{spec.name}-confirm"
@@ -198,7 +216,7 @@ def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progr
         tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.concurrency),
                            run_config=tune.RunConfig(name=f"{spec.name}-confirm", storage_path=str(sweep / "tune"),
-                                                     callbacks=[logger], verbose=1 if progress else 0))
+                                                     callbacks=[logger, PlacementGroupJanitor()], verbose=1 if progress else 0))
     grid = tuner.fit()
     ok = [r for r in grid if r.error is None]
     print(f"confirm stage: {len(ok)} of {len(points)} re-runs finished ({len(best)} configs × seeds {spec.confirm.seeds})")
@@ -210,9 +228,13 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
 
     from analysis.fronts import pareto_mask
 
-    rows = []
+    rows, times = [], {"trial": 0.0, "setup": 0.0, "train": 0.0, "probe": 0.0}
     for r in grid:
         m = r.metrics or {}
+        if isinstance(m.get("trial_seconds"), (int, float)):
+            times["trial"] += m["trial_seconds"]
+            for k in ("setup", "train", "probe"):
+                times[k] += m.get(f"time.{k}_s", 0.0)
         ok = r.error is None and all(isinstance(m.get(k), (int, float)) for k in OBJECTIVE_KEYS)
         cfg = {k: v for k, v in (r.config or {}).items()}
         rows.append({"trial_id": m.get("trial_id", ""), "method": cfg.get("method"), "status": "ok" if ok else "failed",
@@ -226,11 +248,16 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
     if len(front):
         print(front.drop(columns=["params"]).sort_values("medmcqa_gain_pp", ascending=False).to_string(
             index=False, float_format=lambda x: f"{x:+.2f}"))
+    if times["trial"]:
+        work = times["setup"] + times["train"] + times["probe"]
+        print(f"\ntime inside trials: {times['trial']:.0f} s = training {times['train']:.0f} s + probing "
+              f"{times['probe']:.0f} s + model/data/method setup {times['setup']:.0f} s + Ray Train start/stop "
+              f"and reporting {times['trial'] - work:.0f} s ({100 * (times['trial'] - work) / times['trial']:.0f} %)")
     sweep = spec.sweep_dir()
     print(f"\nsweep dir: {sweep}\nMLflow:    {uri}   (mlflow ui --backend-store-uri {uri})"
           f"\nplots:     python -m analysis.pareto {sweep}")
     return {"trials": len(df), "finished": len(done), "front": front.to_dict("records"), "sweep_dir": str(sweep),
-            "tracking_uri": uri}
+            "tracking_uri": uri, "seconds_in_trials": times}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    t0 = time.perf_counter()
     summary = run_sweep(spec, progress=not args.quiet)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"sweep wall time: {summary['wall_seconds']:.0f} s")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0 if summary["finished"] else 1

@@ -9,6 +9,7 @@ import functools
 import json
 import random
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -58,6 +59,7 @@ def probe_results(model, tokenizer, specs: list[dict], batch_size: int, prefix: 
 
 def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     """One trial's training + after-probes. Returns the final metrics (rank 0's are the trial's)."""
+    t_start = time.perf_counter()
     in_ray = reporter is None and _in_ray()
     if in_ray:
         import ray.train
@@ -67,6 +69,8 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
         device = ray.train.torch.get_device()
         reporter = ray_reporter
         ckpt = ray.train.get_checkpoint()
+        pg = ray.util.get_current_placement_group()      # for the sweep's janitor (tune.PlacementGroupJanitor)
+        reporter({"placement_group": pg.id.hex() if pg else ""}, None)
     else:
         rank, world, device, ckpt = 0, 1, torch.device(config.get("device", "cpu")), None
         reporter = reporter or (lambda m, c: None)
@@ -107,6 +111,7 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
             f.write(json.dumps({"rank": rank, "start_step": start}) + "\n")
     try:
         setup = method.setup(model, mcfg, ctx)
+        t_train = time.perf_counter()
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
                          rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))
     except NonFiniteLoss as e:
@@ -120,9 +125,13 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
                 for k, v in setup.info.items() if k != "retrofit_probes"}}
     for k, v in setup.info.get("retrofit_probes", {}).items():
         final[f"retrofit/{k}"] = v
+    final["time.setup_s"] = t_train - t_start              # model + data + method setup (retrofit, background)
+    final["time.train_s"] = time.perf_counter() - t_train
     exported = setup.export()          # collective for ZeRO-3: every rank calls it
+    t_probe = time.perf_counter()
     if rank == 0 and probes:
         final.update(probe_results(exported, tok, probes, pbs, prefix="after/"))
+    final["time.probe_s"] = time.perf_counter() - t_probe
     setup.hooks.close()
     if config.get("debug_dir"):             # tests: each rank's weights, to compare ranks
         _write_weights_digest(Path(config["debug_dir"]), rank, exported)

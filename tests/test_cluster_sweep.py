@@ -75,17 +75,27 @@ def test_stopped_job_driver_resumes_on_resubmission(cluster, tmp_path):
     stop = subprocess.run(["ray", "job", "stop", "--address", cluster.dashboard_url, jid], env=cluster.client_env(),
                           capture_output=True, text=True, timeout=120)
     assert stop.returncode == 0, stop.stderr
-    trained = {p.name for p in (tmp_path / name / "train").iterdir()}
     r2 = submit(cluster, tmp_path, name, *sets)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     assert "resuming sweep" in r2.stdout + r2.stderr
-    states = optuna_states(tmp_path / name)
-    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
-    runs = finished_runs(cluster.mlflow_uri, name)
-    assert sorted(x.info.status for x in runs) == ["FINISHED"] * 3
-    assert {x.info.run_id for x in first} <= {x.info.run_id for x in runs}       # records kept
-    after = {p.name for p in (tmp_path / name / "train").iterdir()}
-    assert trained <= after and len(after) == 3                                     # nothing trained twice
+    check_resumed(tmp_path / name, finished_runs(cluster.mlflow_uri, name), first, n=3)
+
+
+def check_resumed(sweep: Path, runs: list, finished_before: list, n: int) -> None:
+    """After a resume: n configs finished exactly once each, the runs finished before the stop kept,
+    nothing RUNNING in Optuna or MLflow; a trial the stopped driver had started but Tune never
+    recorded is FAIL in Optuna and KILLED (with its reason) in MLflow, and its config ran again."""
+    states = optuna_states(sweep)
+    assert states.count("COMPLETE") == n and "RUNNING" not in states, states
+    done = [x for x in runs if x.info.status == "FINISHED"]
+    assert len(done) == n
+    configs = [tuple(sorted((k, v) for k, v in x.data.params.items() if k != "seed")) for x in done]
+    assert len(set(configs)) == n, "a finished configuration was trained again"
+    assert {x.info.run_id for x in finished_before} <= {x.info.run_id for x in done}
+    for x in runs:
+        assert x.info.status in ("FINISHED", "KILLED"), x.info.status
+        if x.info.status == "KILLED":
+            assert "interrupted" in x.data.tags["failure_reason"]
 
 
 def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):

@@ -57,3 +57,24 @@ def test_killed_worker_resumes_from_its_checkpoint(tiny_world, tmp_path, ray_loc
     assert starts == [0, 4], starts          # first attempt from scratch, the restart from step 4's checkpoint
     assert out["train/step"] == 8 and out["train_steps"] == 8
     assert json.loads(marker.read_text())["train/step"] == 5     # killed during step 5, after the step-4 checkpoint
+
+
+def test_janitor_removes_an_ended_trials_placement_group(ray_local):
+    """A trial whose driver died leaves its Train placement group reserved (Ray 2.60); the sweep's
+    janitor removes it when Tune ends the trial."""
+    from types import SimpleNamespace
+
+    from ray.util.placement_group import placement_group, placement_group_table
+
+    from smf_sweep.janitor import PlacementGroupJanitor
+
+    pg = placement_group([{"CPU": 1}])
+    pg.wait(30)
+    hex_id = pg.id.hex()
+    j = PlacementGroupJanitor()
+    trial = SimpleNamespace(trial_id="t1")
+    j.on_trial_result(0, [], trial, {"placement_group": hex_id})
+    assert placement_group_table()[hex_id]["state"] == "CREATED"
+    j.on_trial_error(0, [], trial)
+    assert placement_group_table()[hex_id]["state"] == "REMOVED"
+    assert j.release("t1") == []            # nothing left to release
