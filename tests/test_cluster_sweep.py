@@ -139,9 +139,6 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
 
 
 def _job_status(c, jid: str) -> str:
-    r = subprocess.run(["ray", "job", "status", "--address", c.dashboard_url, jid], env=c.client_env(),
-                       capture_output=True, text=True, timeout=60)
-    for s in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
-        if s in r.stdout:
-            return s
-    return "UNKNOWN"
+    from ray.job_submission import JobSubmissionClient
+    client = JobSubmissionClient(c.dashboard_url, headers={"Authorization": f"Bearer {c.token}"})
+    return str(client.get_job_status(jid).value)

@@ -129,3 +129,46 @@ def test_there_is_one_training_loop():
     assert "run_stage" in (PKG / "world" / "pretrain.py").read_text()
     for method in ("smf.py", "lora.py", "full.py"):
         assert "run_stage" not in (PKG / "methods" / method).read_text().replace("ctx.run_stage", "")
+
+
+def test_retrofit_trains_memory_only_and_is_cached(tiny_world, tmp_path):
+    """The dense retrofit runs through the same loop, leaves every base weight bit-identical, is
+    cached by content, and a second trial with the same base/memory/data reuses it."""
+    from smf_sweep.memory import memory_layers
+    from smf_sweep.methods import METHODS, SetupContext
+    from smf_sweep.models import load_model, load_tokenizer
+    from smf_sweep.train_loop import TrainConfig, run_stage
+
+    tok = load_tokenizer(tiny_world / "model")
+    mcfg = METHODS["smf"].Config(**dict(SMF_TINY, mode="additive", selector="tfidf"))
+    stages = []
+
+    def runner(setup, batcher, cfg, **kw):
+        stages.append(kw.get("stage"))
+        return run_stage(setup, batcher, cfg, lambda m, c: None, **kw)
+
+    def setup_once():
+        model = load_model(tiny_world / "model", dtype="float32", device="cpu")
+        base = {n: p.detach().clone() for n, p in model.named_parameters()}
+        ctx = SetupContext(tok, TrainConfig(lr=1e-2, max_steps=2), 2, torch.device("cpu"), cache_dir=tmp_path,
+                           run_stage=runner, data={"retrofit": f"world:{tiny_world}"})
+        setup = METHODS["smf"].setup(model, mcfg, ctx)
+        return model, base, setup
+
+    model, base, setup = setup_once()
+    assert stages == ["retrofit"]
+    for n, p in model.named_parameters():         # wrapped FFNs are renamed under .ffn
+        key = n.replace(".mlp.ffn.", ".mlp.")
+        if key in base:
+            assert torch.equal(p, base[key]), f"retrofit moved base weight {n}"
+    mem = {n: p.detach().clone() for w in memory_layers(model) for n, p in w.memory.named_parameters()}
+    assert (tmp_path / "retrofits" / setup.info["retrofit_key"] / "memory.pt").exists()
+    from smf_sweep.memory import insert_memory
+    fresh = load_model(tiny_world / "model", dtype="float32", device="cpu")
+    insert_memory(fresh, mcfg.memory(), generator=torch.Generator().manual_seed(0))
+    init = {n: p for w in memory_layers(fresh) for n, p in w.memory.named_parameters()}
+    assert any(not torch.equal(mem[n], init[n]) for n in mem), "the retrofit did not train the memory"
+    model2, _, setup2 = setup_once()               # cache hit: no second retrofit stage
+    assert stages == ["retrofit"] and setup2.info["retrofit_key"] == setup.info["retrofit_key"]
+    mem2 = {n: p for w in memory_layers(model2) for n, p in w.memory.named_parameters()}
+    assert all(torch.equal(mem[n], mem2[n]) for n in mem)
