@@ -1,19 +1,35 @@
-"""A Tune callback that removes a trial's Ray Train worker placement group once the trial has ended.
+"""A Tune callback that frees Ray Train worker placement groups nobody uses any more.
 
 Ray 2.60 ties a Train V2 run's placement group to the job and frees it only through the run's
 controller (or a cleaner actor). When a node dies with a trial's driver and controller on it, the
 group is rescheduled onto the surviving nodes and holds their CPUs for the rest of the sweep: no
-later trial can start (seen in tests/test_cluster_sweep.py). Each worker reports its group's id in
-its first report; once Tune has ended the trial, finished or errored, nothing may still use it."""
+later trial can start (seen in tests/test_cluster_sweep.py). Two ways out:
+- each worker reports its group's id first; when Tune ends the trial (finished or errored), the
+  group is removed if it is still there;
+- a trial can die before any report reaches Tune, so every `interval_s` the janitor also looks at
+  the created groups: a group once seen holding live actors that then stays empty for `grace_s` is
+  an orphan and goes. Groups never seen in use (Tune's staged trial groups, a run whose workers are
+  still starting) are left alone. This needs Ray's state API (the dashboard); without it only the
+  first way works."""
 from __future__ import annotations
+
+import os
+import time
 
 from ray.tune import Callback
 
 
 class PlacementGroupJanitor(Callback):
-    def __init__(self):
-        self.groups: dict[str, set[str]] = {}    # trial id -> placement group ids (hex) its workers used
+    def __init__(self, grace_s: float | None = None, interval_s: float = 15.0):
+        self.grace_s = float(os.environ.get("SMF_SWEEP_ORPHAN_PG_S", 120)) if grace_s is None else grace_s
+        self.interval_s = interval_s
+        self.groups: dict[str, set[str]] = {}     # trial id -> placement group ids (hex) its workers used
+        self.seen_used: set[str] = set()          # group ids once seen holding a live actor
+        self.empty_since: dict[str, float] = {}   # group id -> when it was first seen empty after that
+        self.last_sweep = 0.0
+        self.state_api = True
 
+    # -- trials that end ----------------------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("placement_group"):
             self.groups.setdefault(trial.trial_id, set()).add(result["placement_group"])
@@ -25,12 +41,47 @@ class PlacementGroupJanitor(Callback):
         self.release(trial.trial_id)
 
     def release(self, trial_id: str) -> list[str]:
-        from ray._raylet import PlacementGroupID
-        from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
+        from ray.util.placement_group import placement_group_table
 
+        table = placement_group_table()
+        return [g for g in self.groups.pop(trial_id, ()) if _remove(g, table)]
+
+    # -- groups left empty ----------------------------------------------------------------------------
+    def on_step_begin(self, iteration, trials, **info):
+        now = time.monotonic()
+        if not self.state_api or now - self.last_sweep < self.interval_s:
+            return
+        self.last_sweep = now
+        self.sweep_empty(now)
+
+    def sweep_empty(self, now: float) -> list[str]:
+        from ray.util.placement_group import placement_group_table
+        from ray.util.state import list_actors
+
+        try:
+            alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000, raise_on_missing_output=False)
+        except Exception:                     # no dashboard (a local ray.init without it): skip for good
+            self.state_api = False
+            return []
+        used = {a.placement_group_id for a in alive if a.placement_group_id}
         table, removed = placement_group_table(), []
-        for hex_id in self.groups.pop(trial_id, ()):
-            if table.get(hex_id, {}).get("state", "REMOVED") != "REMOVED":
-                remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
-                removed.append(hex_id)
+        self.seen_used |= used
+        for gid, entry in table.items():
+            if entry.get("state") != "CREATED" or gid in used or gid not in self.seen_used:
+                self.empty_since.pop(gid, None)
+                continue
+            since = self.empty_since.setdefault(gid, now)
+            if now - since >= self.grace_s and _remove(gid, table):
+                removed.append(gid)
+                self.empty_since.pop(gid, None)
         return removed
+
+
+def _remove(gid: str, table: dict) -> bool:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    if table.get(gid, {}).get("state", "REMOVED") == "REMOVED":
+        return False
+    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(gid))))
+    return True

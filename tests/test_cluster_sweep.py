@@ -29,7 +29,8 @@ def submit(c, storage: Path, name: str, *sets: str, wait: bool = True) -> subpro
              "--tracking-uri", c.mlflow_uri, "--quiet", "--set", f"name={name}"]
     for s in [*SHORT, *sets]:
         entry += ["--set", s]
-    argv = c.job_submit_argv(entry, working_dir=str(ROOT), extra=[] if wait else ["--no-wait"])
+    env = json.dumps({"env_vars": {"SMF_SWEEP_ORPHAN_PG_S": "45"}})   # free a lost node's groups sooner
+    argv = c.job_submit_argv(entry, working_dir=str(ROOT), extra=["--runtime-env-json", env, *([] if wait else ["--no-wait"])])
     return subprocess.run(argv, env=c.client_env(), capture_output=True, text=True, timeout=1500, cwd=ROOT)
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_local():
     import ray
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)    # the janitor uses the state API
     yield
     ray.shutdown()
 
@@ -78,3 +78,42 @@ def test_janitor_removes_an_ended_trials_placement_group(ray_local):
     j.on_trial_error(0, [], trial)
     assert placement_group_table()[hex_id]["state"] == "REMOVED"
     assert j.release("t1") == []            # nothing left to release
+
+
+def test_janitor_removes_groups_left_empty(ray_local):
+    """A trial can die before any report reaches Tune: a group once seen in use whose actors are all
+    gone goes after grace_s; a group never used (Tune's staged groups) and a busy group stay."""
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from smf_sweep.janitor import PlacementGroupJanitor
+
+    staged, busy, orphan = (placement_group([{"CPU": 0.25}]) for _ in range(3))
+    for g in (staged, busy, orphan):
+        assert g.wait(30)
+
+    @ray.remote(num_cpus=0.25)
+    class Sleeper:
+        def ping(self):
+            return 1
+
+    actors = {g.id.hex(): Sleeper.options(scheduling_strategy=PlacementGroupSchedulingStrategy(g)).remote()
+              for g in (busy, orphan)}
+    assert ray.get([a.ping.remote() for a in actors.values()]) == [1, 1]
+    j = PlacementGroupJanitor(grace_s=1.0)
+    t0 = time.monotonic()
+    assert j.sweep_empty(t0) == []                          # both in use: nothing to do
+    ray.kill(actors[orphan.id.hex()])                       # its trial died: the group is left empty
+    deadline = time.monotonic() + 30
+    while j.sweep_empty(t0 + 0.5) == [] and orphan.id.hex() not in j.empty_since:
+        assert time.monotonic() < deadline, "the killed actor never left the state API"
+        time.sleep(0.5)
+    removed = j.sweep_empty(t0 + 5.0)
+    table = placement_group_table()
+    assert removed == [orphan.id.hex()] and table[orphan.id.hex()]["state"] == "REMOVED"
+    assert table[busy.id.hex()]["state"] == "CREATED" and table[staged.id.hex()]["state"] == "CREATED"
+    ray.kill(actors[busy.id.hex()])
+    remove_placement_group(busy), remove_placement_group(staged)
