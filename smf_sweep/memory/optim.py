@@ -49,6 +49,24 @@ class RowMasked:
     def _take_index(self, p: torch.Tensor) -> torch.Tensor:
         return self._take_rows(p).nonzero().squeeze(1)  # (R,) selected row indices
 
+    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
+        raise NotImplementedError  # write p's rows r (R,) from p.grad; never touch another row
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        try:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._update_rows(p, self._take_index(p), group)
+        finally:
+            self._rows.clear()  # masks are for one step
+        return loss
+
 
 @OPTIMIZERS.register("sgd")
 class RowSGD(RowMasked, torch.optim.Optimizer):
@@ -59,27 +77,13 @@ class RowSGD(RowMasked, torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
         self._init_rows()
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        try:
-            for group in self.param_groups:
-                lr, wd = group["lr"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    r = self._take_index(p)  # (R,)
-                    g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
-                    w = p.index_select(0, r)  # (R, D)
-                    if wd:
-                        g = g.add(w, alpha=wd)  # L2 decay, selected rows only
-                    p.index_copy_(0, r, w.add(g, alpha=-lr))
-        finally:
-            self._rows.clear()
-        return loss
+    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
+        w = p.index_select(0, r)  # (R, D)
+        if wd:
+            g = g.add(w, alpha=wd)  # L2 decay, selected rows only
+        p.index_copy_(0, r, w.add(g, alpha=-lr))
 
 
 @OPTIMIZERS.register("adamw")
@@ -92,44 +96,30 @@ class RowAdamW(RowMasked, torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._init_rows()
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        try:
-            for group in self.param_groups:
-                lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    r = self._take_index(p)  # (R,)
-                    st = self.state[p]
-                    if not st:
-                        st["step"] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)  # (N,) per row
-                        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
-                        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
-                    if r.numel() == 0:
-                        continue
-                    g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
-                    s = st["step"].index_select(0, r) + 1  # (R,)
-                    m = st["exp_avg"].index_select(0, r).lerp_(g, 1 - b1)  # (R, D)
-                    v = st["exp_avg_sq"].index_select(0, r).mul_(b2).addcmul_(g, g, value=1 - b2)  # (R, D)
-                    sf = s.to(p.dtype).unsqueeze(1)  # (R, 1)
-                    bc1 = 1 - b1**sf  # (R, 1) bias corrections, per row
-                    bc2 = 1 - b2**sf  # (R, 1)
-                    w = p.index_select(0, r)  # (R, D)
-                    if wd:
-                        w.mul_(1 - lr * wd)  # decoupled decay, selected rows only
-                    w.sub_(lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps))
-                    st["step"].index_copy_(0, r, s)
-                    st["exp_avg"].index_copy_(0, r, m)
-                    st["exp_avg_sq"].index_copy_(0, r, v)
-                    p.index_copy_(0, r, w)
-        finally:
-            self._rows.clear()
-        return loss
+    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        st = self.state[p]
+        if not st:
+            st["step"] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)  # (N,) per row
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
+        if r.numel() == 0:
+            return
+        g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
+        s = st["step"].index_select(0, r) + 1  # (R,)
+        m = st["exp_avg"].index_select(0, r).lerp_(g, 1 - b1)  # (R, D)
+        v = st["exp_avg_sq"].index_select(0, r).mul_(b2).addcmul_(g, g, value=1 - b2)  # (R, D)
+        sf = s.to(p.dtype).unsqueeze(1)  # (R, 1)
+        bc1 = 1 - b1**sf  # (R, 1) bias corrections, per row
+        bc2 = 1 - b2**sf  # (R, 1)
+        w = p.index_select(0, r)  # (R, D)
+        if wd:
+            w.mul_(1 - lr * wd)  # decoupled decay, selected rows only
+        w.sub_(lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps))
+        st["step"].index_copy_(0, r, s)
+        st["exp_avg"].index_copy_(0, r, m)
+        st["exp_avg_sq"].index_copy_(0, r, v)
+        p.index_copy_(0, r, w)
 
 
 @OPTIMIZERS.register("adamw_leaky")
@@ -151,4 +141,4 @@ class LeakyAdamW(RowMasked, torch.optim.AdamW):
                         p.grad.masked_fill_(~self._take_rows(p).unsqueeze(1), 0)  # (N, D): keep selected rows
         finally:
             self._rows.clear()
-        return super().step(closure)
+        return torch.optim.AdamW.step(self, closure)  # not RowMasked.step: the gradients are masked
