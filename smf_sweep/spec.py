@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import re
+
 import yaml
 
 from .methods import METHODS
@@ -214,6 +216,25 @@ def _param(value, where: str) -> Param:
     return Param(kind, low=low, high=high)
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads `1e-4` (no dot) as a string, YAML 1.2 and every researcher as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """yaml.safe_load, with exponents without a dot (1e-4, 3E5) read as floats."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def _set(d: dict, dotted: str, raw: str) -> None:
     keys = dotted.split(".")
     cur = d
@@ -221,13 +242,13 @@ def _set(d: dict, dotted: str, raw: str) -> None:
         cur = cur.setdefault(k, {})
         if not isinstance(cur, dict):
             raise SpecError(f"--set {dotted}: {k} is not a mapping")
-    cur[keys[-1]] = yaml.safe_load(raw)
+    cur[keys[-1]] = load_yaml(raw)
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
     except yaml.YAMLError as e:

@@ -146,14 +146,19 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
 
 
 def trial_params(spec: Spec, method: str, overrides: list[str]) -> dict:
-    import yaml
+    from .spec import load_yaml
 
     ms = spec.methods[method]
     params = dict(ms.points[0]) if ms.points else {}
     for o in overrides:
+        if "=" not in o:
+            raise SpecError(f"--param {o!r}: expected key=value")
         k, v = o.split("=", 1)
-        params[k.strip()] = yaml.safe_load(v)
-    build_configs(spec, method, params)      # validate now, before Ray starts
+        params[k.strip()] = load_yaml(v)
+    try:
+        build_configs(spec, method, params)      # validate now, before Ray starts
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"--param {' '.join(overrides) or '(none)'} for method {method}: {e}") from None
     return params
 
 

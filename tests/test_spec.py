@@ -116,6 +116,23 @@ def test_set_overrides_and_yaml_errors(tmp_path):
         load_spec(tmp_path / "missing.yaml")
 
 
+def test_exponents_without_a_dot_are_floats(tmp_path):
+    """PyYAML alone reads 1e-4 as the string '1e-4'; specs, --set and --param read it as a float."""
+    from smf_sweep.spec import load_yaml
+    from smf_sweep.trial import trial_params
+
+    assert [load_yaml(x) for x in ("1e-4", "3E5", "-2.5e-3", ".5", "7", "1e-4x", "1_000")] == \
+        [1e-4, 3e5, -2.5e-3, 0.5, 7, "1e-4x", 1000]
+    path = _write(tmp_path, BASE)
+    spec = load_spec(path, ["train.lr=1e-4"])
+    assert spec.train["lr"] == 1e-4 and isinstance(spec.train["lr"], float)
+    assert trial_params(spec, "lora", ["lr=2e-4"])["lr"] == 2e-4
+    with pytest.raises(SpecError, match=r"--param lr=fast for method lora"):
+        trial_params(spec, "lora", ["lr=fast"])
+    with pytest.raises(SpecError, match="expected key=value"):
+        trial_params(spec, "lora", ["lr"])
+
+
 def test_cli_rejects_bad_spec_before_ray(tmp_path):
     import subprocess
     path = _write(tmp_path, BASE.replace("lora:", "dora:"))
