@@ -41,6 +41,22 @@ def _default_label(r) -> str:
     return f"{r['method']} default" + (f" ({sel})" if sel else "")
 
 
+def _annotate_apart(ax, labels: dict[str, tuple[float, float]], gap_pt: float = 10.0) -> None:
+    """Label points 7 pt right and 5 pt above; labels that would overlap a lower one move up."""
+    ax.autoscale_view()
+    pt = 72.0 / ax.figure.dpi                                   # points per display pixel
+    at = sorted(((ax.transData.transform(xy) * pt, text, xy) for text, xy in labels.items()),
+                key=lambda a: (a[0][1], a[0][0]))
+    placed: list[tuple[float, float]] = []                      # (x, y) of placed labels, in points
+    for (x, y), text, xy in at:
+        ly = y + 5
+        for px, py in placed:
+            if abs(px - x) < 8 * len(text) * 0.6 and ly - py < gap_pt:
+                ly = py + gap_pt
+        placed.append((x, ly))
+        ax.annotate(text, xy, xytext=(7, ly - y), textcoords="offset points", fontsize=8)
+
+
 def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign, budget):
     ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
     ax.axvline(0, color="0.6", lw=0.8, ls="--", zorder=0)
@@ -62,15 +78,12 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign,
     ax.scatter([0], [0], marker="*", s=260, c="gold", edgecolors="black", linewidths=1.0,
                zorder=6)
     ax.annotate(BASE_LABEL, (0, 0), xytext=(6, -12), textcoords="offset points", fontsize=8)
-    seen = set()
+    labels = {}
     for _, r in fin[fin["default_point"]].iterrows():
         ax.scatter([r[xcol]], [r[GAIN]], s=120, facecolors="none", edgecolors="black",
                    linewidths=1.2, zorder=5)
-        label = _default_label(r)
-        if label not in seen:  # one label per default config, not per seed
-            seen.add(label)
-            ax.annotate(label, (r[xcol], r[GAIN]), xytext=(7, 5), textcoords="offset points",
-                        fontsize=8)
+        labels.setdefault(_default_label(r), (r[xcol], r[GAIN]))  # one label per default config, not per seed
+    _annotate_apart(ax, labels)
     if budget is not None:
         ax.axvline(budget, color="0.3", lw=1.0, ls=":", zorder=1)
     ax.set_xlabel(xlabel)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -118,7 +119,9 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
         assert cluster.stop_node("w1") > 0
         status = wait_for(lambda: _job_status(cluster, jid) in ("SUCCEEDED", "FAILED", "STOPPED") and _job_status(cluster, jid),
                           1500, "the job to end", 5)
-        used = {a.node_id for a in list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000)}
+        workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000)
+        used = {a.node_id for a in workers}
+    label = {i: next((k for k in (n.resources_total or {}) if k.startswith("node_")), i[:8]) for i, n in nodes.items()}
     logs = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard_url, jid], env=cluster.client_env(),
                           capture_output=True, text=True, timeout=120).stdout
     assert status == "SUCCEEDED", logs[-4000:]
@@ -136,6 +139,7 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
         assert again.info.status == "FINISHED" and "forgetting" in again.data.metrics
     assert "RUNNING" not in optuna_states(tmp_path / name)
     print(json.dumps({"cluster_sweep_seconds": round(time.time() - t0), "nodes_used": len(used),
+                      "train_workers_per_node": dict(Counter(label.get(a.node_id, a.node_id[:8]) for a in workers)),
                       "statuses": {k: len(v) for k, v in by_status.items()}}))
 
 
