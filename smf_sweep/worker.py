@@ -143,17 +143,33 @@ FINAL = "final_metrics.json"
 
 
 def _crash_after_checkpoint(reporter: Reporter, step: int, marker: str) -> Reporter:
-    """Wrap the reporter: one report after the checkpoint at `step` (so that checkpoint is on
-    storage), kill the process (os._exit) unless `marker` exists — a worker dying mid-run, exactly
-    once, for the resume test."""
+    """Wrap the reporter: one report after the checkpoint at `step`, kill the process (os._exit)
+    unless `marker` exists — a worker dying mid-run, exactly once, for the resume test.
+
+    Ray Train hands reports to the controller through a one-slot queue that the controller polls,
+    one poll at a time. Waiting until the report after the checkpoint has left the queue means the
+    poll that carried the checkpoint has returned, so the restart resumes from `step` exactly."""
     import os
 
     def report(metrics: dict, ckpt: Path | None) -> None:
         reporter(metrics, ckpt)
         if metrics.get("train/step") == step + 1 and not Path(marker).exists():
             Path(marker).write_text(json.dumps(metrics))
+            _wait_for_report_queue(timeout_s=60.0)
             os._exit(1)
     return report
+
+
+def _wait_for_report_queue(timeout_s: float) -> None:
+    """Until this worker's Ray Train report queue is empty (test hook; a Ray internal)."""
+    try:
+        from ray.train.v2._internal.execution.context import get_train_context
+        queue = get_train_context().get_result_queue()
+    except Exception:          # not inside a Ray Train V2 worker
+        return
+    end = time.monotonic() + timeout_s
+    while not queue.empty() and time.monotonic() < end:
+        time.sleep(0.05)
 
 
 def _write_weights_digest(path: Path, rank: int, model) -> None:
