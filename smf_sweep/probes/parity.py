@@ -1,6 +1,6 @@
 """Compare the `harness` probe variants with lm-evaluation-harness itself, on the same model and data.
 
-    python -m smf_sweep.probes.parity [--world DIR | --model PATH --data world:DIR] [--limit N] [--json]
+    python -m smf_sweep.probes.parity [--world DIR] [--tasks ...] [--limit N] [--json]
 
 Runs lm_eval's own `medmcqa`, `triviaqa` and `wikitext` tasks (their YAMLs, utils and HFLM, only the
 dataset path pointed at local files in the real schemas) and this package's `*:harness` probes on
@@ -119,7 +119,7 @@ def compare(ours: dict[str, Any], theirs: dict[str, dict[str, Any]], tol: float)
     checks = []
     for t, h in theirs.items():
         r, s, m = ours[t], h["samples"], h["metrics"]
-        if len(r.items or []) != len(s) and t != "wikitext":
+        if len(r.items or []) != len(s):
             raise SystemExit(f"parity: {t}: ours scored {len(r.items or [])} items, the harness {len(s)}")
         if t == "medmcqa":
             worst = max((_rel(float(x), float(resp[0][0])) for it, smp in zip(r.items, s)
@@ -134,8 +134,7 @@ def compare(ours: dict[str, Any], theirs: dict[str, dict[str, Any]], tol: float)
             c.notes = [f"ours {a!r} harness {b!r}" for a, b in diff[:5]]
             checks.append(c)
         else:
-            lls = [float(smp["resps"][0][0]) if isinstance(smp["resps"][0], list) else float(smp["resps"][0])
-                   for smp in s]
+            lls = [float(smp["filtered_resps"][0]) for smp in s]     # one rolling log-likelihood per page
             worst = max((_rel(it["loglikelihood"], ll) for it, ll in zip(r.items, lls)), default=0.0)
             for what, ours_v in (("word_perplexity", r.value), ("byte_perplexity", r.extras["byte_perplexity"]),
                                  ("bits_per_byte", r.extras["bits_per_byte"])):
