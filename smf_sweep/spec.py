@@ -115,14 +115,14 @@ class Spec:
     search: Search = field(default_factory=Search)
     seeds: list[int] = field(default_factory=lambda: [0])
     confirm: Confirm = field(default_factory=Confirm)
-    storage: str = "runs"                        # sweep dir = storage/name (relative to the spec file's cwd)
+    storage: str = "runs"                        # sweep dir = storage/name; made absolute (from the cwd) when parsed
     tracking_uri: str | None = None              # None: sqlite:///<sweep dir>/mlflow.db
     threads_per_worker: int | None = None        # torch threads in each worker (None: torch's default)
     source_file: str = ""                        # set by load_spec
 
     # ---- derived ----
     def sweep_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
+        return Path(self.storage) / self.name
 
     def spec_hash(self) -> str:
         d = dataclasses.asdict(self)
@@ -269,6 +269,9 @@ def parse_spec(raw: dict, source: str = "<spec>") -> Spec:
             raise _err("", "missing key 'name'")
         spec = _convert(Spec, raw, "")
         spec.source_file = source
+        # absolute now, where the spec is read: trials run in their own working directories (and
+        # `ray job submit` jobs in a temp copy of the working dir)
+        spec.storage = str(Path(spec.storage).expanduser().resolve())
         validate(spec)
     except SpecError as e:
         msg = str(e)

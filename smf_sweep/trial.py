@@ -8,7 +8,6 @@ unless --param overrides them. `run_trial` is also what each Ray Tune trial of a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import os
@@ -185,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import ray
 
-    spec = resolve_world(dataclasses.replace(spec, storage=str(Path(spec.storage).expanduser().resolve())))
+    spec = resolve_world(spec)
     seed = spec.seeds[0] if args.seed is None else args.seed
     base = base_probes(spec)
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)

@@ -152,8 +152,6 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     from .trial import base_probes
 
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")   # training reports lack objectives
-    # absolute, here: trials run in their own working directories (and jobs in a temp copy)
-    spec = dataclasses.replace(spec, storage=str(Path(spec.storage).expanduser().resolve()))
     sweep = spec.sweep_dir()
     sweep.mkdir(parents=True, exist_ok=True)
     uri = spec.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
