@@ -51,7 +51,7 @@ def _annotate_apart(ax, labels: dict[str, tuple[float, float]], gap_pt: float = 
     for (x, y), text, xy in at:
         ly = y + 5
         for px, py in placed:
-            if abs(px - x) < 8 * len(text) * 0.6 and ly - py < gap_pt:
+            if abs(px - x) < 0.6 * 8 * len(text) and ly - py < gap_pt:  # ≈ width of an 8 pt label
                 ly = py + gap_pt
         placed.append((x, ly))
         ax.annotate(text, xy, xytext=(7, ly - y), textcoords="offset points", fontsize=8)
