@@ -96,7 +96,7 @@ class Data:
     task: str = "openlifescienceai/medmcqa"     # MedMCQA source (train split trains, validation probes)
     retrofit: str = "OpenAssistant/oasst1"      # OASST1 source (SMF retrofit + background statistics)
     triviaqa: str = "mandarjoshi/trivia_qa"
-    wikitext: str = "wikitext"
+    wikitext: str = "Salesforce/wikitext"
 
 
 @dataclass

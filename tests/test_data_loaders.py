@@ -189,3 +189,26 @@ def test_missing_paths(tmp_path):
     with pytest.raises(DataError, match=r"TriviaQA: world .* has no data/trivia_qa/"):
         load_triviaqa(f"world:{tmp_path / 'w'}")
     assert sources.resolve_source("owner/name", sources.DatasetSpec("X", "a/b", "x", ())) == ("hub", "owner/name")
+
+
+def test_wikitext_default_is_the_canonical_hub_id_and_bare_wikitext_still_reads(monkeypatch):
+    from smf_sweep.data.loaders import WIKITEXT
+    from smf_sweep.probes import PROBES
+    from smf_sweep.spec import Data
+    assert Data().wikitext == "Salesforce/wikitext"                    # the spec's default source
+    assert WIKITEXT.hub_id == PROBES["wikitext:study"].hub_id == "Salesforce/wikitext"
+    assert sources.resolve_source("hub", WIKITEXT) == ("hub", "Salesforce/wikitext")
+    assert sources.resolve_source("Salesforce/wikitext", WIKITEXT) == ("hub", "Salesforce/wikitext")
+    assert sources.resolve_source("wikitext", WIKITEXT) == ("hub", "wikitext")  # the legacy id, still the hub
+
+    calls = []
+
+    def fake(path, name=None, split=None, **kw):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([{"text": "x\n"}])
+
+    monkeypatch.setattr(sources.datasets, "load_dataset", fake)
+    for src in (Data().wikitext, "wikitext", "hub"):
+        assert load_wikitext(src)["text"] == ["x\n"]
+    assert calls == [("Salesforce/wikitext", "wikitext-103-v1", "test"), ("wikitext", "wikitext-103-v1", "test"),
+                     ("Salesforce/wikitext", "wikitext-103-v1", "test")]

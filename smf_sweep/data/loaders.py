@@ -20,6 +20,7 @@ MEDMCQA = DatasetSpec(
 TRIVIAQA = DatasetSpec(
     "TriviaQA", "mandarjoshi/trivia_qa", "trivia_qa",
     ("question", "question_id", "answer", "answer.aliases"), hub_config="rc.nocontext")
+# "Salesforce/wikitext" is the hub's canonical id; the bare legacy id "wikitext" is still a hub source
 WIKITEXT = DatasetSpec("WikiText", "Salesforce/wikitext", "wikitext", ("text",), hub_config="wikitext-103-v1")
 WIKITEXT_DOCUMENTS = DatasetSpec(
     "WikiText (document level)", "EleutherAI/wikitext_document_level", "wikitext_document_level",
