@@ -50,6 +50,22 @@ def load_medmcqa(source: str = "hub", split: str = "validation", *, single_only:
     return first(ds, limit)
 
 
+def medmcqa_train_subset(source: str = "hub", *, seed: int, limit: int | None, split: str = "train",
+                         single_only: bool = True) -> datasets.Dataset:
+    """The study's MedMCQA training rows (SMF_SPEC §6): choice_type == "single", shuffled with the
+    run's `seed`, then the first `limit` — `ds.shuffle(seed=seed).select(range(limit))`.
+
+    `limit=None` keeps every filtered row in dataset order (no shuffle); a `limit` above the number
+    of rows keeps them all, in the seeded shuffle's order. Not `load_medmcqa(limit=…)`, which takes
+    the first rows (the probes' rule)."""
+    ds = load_medmcqa(source, split, single_only=single_only, limit=None)
+    if limit is None:
+        return ds
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    return ds.shuffle(seed=seed).select(range(min(limit, len(ds))))
+
+
 def load_triviaqa(source: str = "hub", split: str = "validation", *, limit: int | None = None) -> datasets.Dataset:
     """TriviaQA rc.nocontext rows (question, answer.aliases, …)."""
     return first(read_split(source, split, spec=TRIVIAQA), limit)
