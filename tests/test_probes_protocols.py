@@ -2,10 +2,14 @@
 window plans, normalisation, and the lm-evaluation-harness variants."""
 import math
 import re
+import string
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 from tiny_lm import FIXTURES, ScriptedLM, tiny_model, tiny_tokenizer  # noqa: E402
@@ -105,13 +109,39 @@ def test_wikitext_detokenizer_and_word_count():
     assert count_words("a @-@ b") == 3 and count_words(wikitext_detokenize("a @-@ b")) == 1
 
 
-@pytest.mark.parametrize("text, norm", [
-    ("The Beatles!", "beatles"), ("An apple a day", "apple day"), ("Rock_and_Roll", "rock and roll"),
-    ("  Hello,   World. ", "hello world"), ("\u2018Quoted\u2019 `x\u00b4", "quoted x"), ("anthem", "anthem"),
-    ("U.S.A.", "u s"), ("Théâtre", "théâtre"), ("", ""),
+# The study's normaliser (SMF_SPEC §6), by hand: lower; \b(a|an|the)\b -> " "; [^a-z0-9 .-] -> " "; collapse.
+# The third column is what TriviaQA's official normaliser (versions <= 1 of the probe) gave.
+@pytest.mark.parametrize("text, norm, official", [
+    ("The Beatles!", "beatles", "beatles"), ("An apple a day", "apple day", "apple day"),
+    ("Rock_and_Roll", "rock and roll", "rock and roll"), ("anthem", "anthem", "anthem"), ("", "", ""),
+    ("  Hello,   World. ", "hello world.", "hello world"),           # "," goes, "." stays
+    ("\u2018Quoted\u2019 `x\u00b4", "quoted x", "quoted x"),
+    ("\u201cQuoted\u201d", "quoted", "\u201cquoted\u201d"),                 # curly double quotes: not in the old set
+    ("U.S.A.", "u.s. .", "u s"),                                       # "a" between dots is a word: an article
+    ("Théâtre", "th tre", "théâtre"),                                  # accented letters are outside [a-z]
+    ("Ça", "a", "ça"),                                                 # "ça" is one word (no article), then "ç" goes
+    ("Jean-Paul Sartre", "jean-paul sartre", "jean paul sartre"),      # hyphens stay
+    ("A-ha", "-ha", "ha"),                                             # "a" before "-" is a whole word
+    ("the_beatles", "the beatles", "beatles"),                         # articles go BEFORE "_" becomes a space
+    ("O'Brien, Jr.", "o brien jr.", "o brien jr"), ("3.14", "3.14", "3 14"), ("x\ty\nz", "x y z", "x y z"),
 ])
-def test_triviaqa_normaliser(text, norm):  # "U.S.A." -> "u s a" -> the lone "a" is an article
+def test_triviaqa_study_normaliser(text, norm, official):
     assert normalize_answer(text) == norm
+    assert _official_normalize(text) == official
+
+
+def _official_normalize(text):  # TriviaQA's utils/dataset_utils normalize_answer, as the probe had it
+    punct = set(string.punctuation + "\u2018\u2019\u00b4`")
+    text = "".join(" " if ch in punct else ch for ch in text.replace("_", " ").lower())
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def test_study_normaliser_changes_the_verdict():
+    assert not alias_in_output("Jean-Paul Sartre wrote it", ["Jean Paul Sartre"])   # hyphen kept in the output
+    assert alias_in_output("Jean-Paul Sartre wrote it", ["Jean-Paul Sartre"])
+    assert not alias_in_output("It is 3.14", ["3 14"]) and alias_in_output("It is 3.14.", ["3.14"])
+    assert alias_in_output("Beyoncé Knowles", ["Beyonc"])                            # "é" became a space
+    assert not alias_in_output("The Beatles", ["the_beatles"])                       # alias keeps its "the"
 
 
 def test_study_alias_substring_rule():
@@ -136,14 +166,30 @@ def test_harness_exact_match_and_postprocess():
     assert harness_postprocess(" Castelmar<|endoftext|> x", until) == "Castelmar"
 
 
-def scripted(tok, answer: str, prompts: list[str]):
+class ScriptedGenLM(Qwen2ForCausalLM):
+    """ScriptedLM's rule behind transformers' `generate` (the study's TriviaQA calls it): the next token
+    is table[(the last two tokens)]. It reads the whole sequence at every step: no KV cache."""
+
+    def __init__(self, table: dict, vocab_size: int, default: int):
+        super().__init__(Qwen2Config(vocab_size=vocab_size, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                     num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=512))
+        self.table, self.default = dict(table), default
+        self.generation_config.use_cache = False
+
+    def forward(self, input_ids=None, attention_mask=None, **kw):
+        nxt = torch.tensor([[self.table.get((r[t - 1] if t else -1, r[t]), self.default) for t in range(len(r))]
+                            for r in input_ids.tolist()])  # (B, T)
+        return CausalLMOutputWithPast(logits=torch.nn.functional.one_hot(nxt, self.config.vocab_size).float() * 10)
+
+
+def scripted(tok, answer: str, prompts: list[str], cls=ScriptedLM):
     """A model whose greedy output after any of `prompts` is `answer` then EOS."""
     ends = {tuple(tok(p)["input_ids"][-2:]) for p in prompts}
     ans = tok(answer)["input_ids"] + [tok.eos_token_id]
     table = {e: ans[0] for e in ends} | {(e[1], ans[0]): ans[1] for e in ends}
     table |= {(a, b): c for a, b, c in zip(ans, ans[1:], ans[2:])}
     assert len(table) == len(ends) * 2 + len(ans) - 2  # no ambiguous pair
-    return ScriptedLM(table, len(tok), default=tok.eos_token_id)
+    return cls(table, len(tok), default=tok.eos_token_id)
 
 
 def test_triviaqa_protocols_end_to_end(tok):
@@ -151,16 +197,17 @@ def test_triviaqa_protocols_end_to_end(tok):
     data = study.load(WORLD)
     assert data[0]["aliases"] == ["Castelmar", "Castel Mar", "City of Castelmar"] and len(data) == 5
     prompts = [triviaqa_prompt(d["question"]) for d in data] + [triviaqa_harness_prompt(d["question"]) for d in data]
-    model = scripted(tok, " City of Castelmar, by the sea", prompts)
-    s = study.run(model, tok, data, batch_size=2)
+    answer = " City of Castelmar, by the sea"
+    s = study.run(scripted(tok, answer, prompts, ScriptedGenLM), tok, data, batch_size=2)
     assert [it["output"] for it in s.items] == ["City of Castelmar, by the sea"] * 5
     assert [it["correct"] for it in s.items] == [True, False, False, False, False] and s.value == 0.2
-    h = harness.run(model, tok, harness.load(WORLD), batch_size=3)
+    assert s.version == "2+G32R1"
+    h = harness.run(scripted(tok, answer, prompts), tok, harness.load(WORLD), batch_size=3)
     assert [it["output"] for it in h.items] == ["City of Castelmar"] * 5    # cut at ","
     assert h.value == 0.2 and h.metric == "exact_match"
-    model = scripted(tok, " Castelmar-on-Sea", prompts)                    # substring yes, exact no
-    assert study.run(model, tok, data).value == 0.2
-    assert harness.run(model, tok, data).value == 0.0
+    answer = " Castelmar-on-Sea"                                              # substring yes, exact no
+    assert study.run(scripted(tok, answer, prompts, ScriptedGenLM), tok, data).value == 0.2
+    assert harness.run(scripted(tok, answer, prompts), tok, data).value == 0.0
 
 
 def test_run_probes_and_limits(tok, uniform):

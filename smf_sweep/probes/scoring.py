@@ -1,19 +1,24 @@
 """Batched log-likelihood scoring and greedy generation for causal LMs, shared by every probe.
 
-Both pack many sequences into one LEFT-padded forward pass with explicit position ids (each row
-counts its positions from its own first real token), so a row scores exactly as it would alone
-(tests compare against batch size 1 and against HF's own loss / generate). Only the logits of the
-positions that are scored are computed (`logits_to_keep`): with a 150k vocabulary the full logits
-of a batch would not fit in memory.
+`continuation_logprobs` and `greedy_generate` pack many sequences into one LEFT-padded forward pass
+with explicit position ids (each row counts its positions from its own first real token), so a row
+scores exactly as it would alone (tests compare against batch size 1 and against HF's own loss /
+generate). Only the logits of the positions that are scored are computed (`logits_to_keep`): with a
+150k vocabulary the full logits of a batch would not fit in memory.
+
+`hf_generate` is transformers' own `generate` under an explicit GenerationConfig (so the model's
+generation_config, e.g. its repetition penalty, applies), one prompt per call by default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # transformers 5.x renamed the KV-cache argument/field `past_key_values` -> `cache`
@@ -106,7 +111,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
 
     A row finishes after an `eos_ids` token (kept in its output) or when `stop(tokens)` is true;
     the batch stops when every row has finished or after `max_new_tokens`. Pure argmax: none of
-    the model's generation_config (temperature, repetition penalty, …) applies."""
+    the model's generation_config (temperature, repetition penalty, …) applies; `hf_generate` is
+    the one that honours it."""
     device = model_device(model)
     eos = set(eos_ids)
     out: list[list[int] | None] = [None] * len(prompts)
@@ -143,3 +149,95 @@ def _greedy_batch(model, rows, max_new_tokens, pad_id, eos, stop, device) -> lis
         pos = pos[:, -1:] + 1  # (B, 1)
         logits, cache = _forward(model, feed, mask, pos, keep=1, use_cache=True, cache=cache)
     return gen
+
+
+# ---- transformers' generate under an explicit GenerationConfig ---------------------------------------
+# Settings whose logits processors read the (padded) input ids or its length: a left-padded batch
+# would not give what one prompt alone gives, so hf_generate refuses to batch when one is active.
+_PAD_SENSITIVE = {"no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "encoder_repetition_penalty": 1.0,
+                  "min_length": 0, "bad_words_ids": None, "sequence_bias": None, "num_beams": 1,
+                  "penalty_alpha": None, "guidance_scale": 1.0}
+
+
+def eos_ids(eos: int | Sequence[int] | None) -> list[int]:
+    """A generation config's `eos_token_id` (an int, a list of ints or None) as a list."""
+    if eos is None:
+        return []
+    return [int(eos)] if isinstance(eos, int) else [int(e) for e in eos]
+
+
+class PadAwareRepetitionPenalty(LogitsProcessor):
+    """HF's repetition penalty (CTRL: a seen token's logit x penalty if < 0, / penalty otherwise),
+    seen = the row's ids after its `n_pad` leading pad positions (B,), prompt and generated tokens.
+
+    transformers' own processor looks at every input id, so in a left-padded batch older versions
+    penalise the pad token of every padded row; this one never does, in any version, and computes the
+    same floats as HF's for an unpadded row."""
+
+    def __init__(self, penalty: float, n_pad: torch.Tensor):
+        self.penalty, self.n_pad = float(penalty), n_pad  # n_pad: (B,)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        B, T = input_ids.shape
+        V = scores.shape[-1]
+        real = torch.arange(T, device=input_ids.device)[None, :] >= self.n_pad.to(input_ids.device)[:, None]  # (B, T)
+        seen = torch.zeros((B, V + 1), dtype=scores.dtype, device=scores.device)  # column V: ids beyond the logits
+        seen.scatter_add_(1, input_ids.clamp(max=V), real.to(scores.dtype))
+        penalised = torch.where(scores < 0, scores * self.penalty, scores / self.penalty)  # (B, V)
+        return torch.where(seen[:, :V] > 0, penalised, scores)
+
+
+@torch.inference_mode()
+def hf_generate(model, prompts: Sequence[Sequence[int]], *, generation_config: GenerationConfig, batch_size: int = 1,
+                progress: bool = False, desc: str = "generating") -> list[list[int]]:
+    """`model.generate(input_ids, attention_mask, generation_config=generation_config)` for every prompt;
+    per prompt its new tokens up to and including the first of `generation_config.eos_token_id`.
+
+    batch_size 1 (the default): one prompt per call, no padding — exactly HF's generate.
+    batch_size > 1: greedy only; LEFT-padded batches with an attention mask (HF derives each row's
+    position ids from it), the repetition penalty applied by `PadAwareRepetitionPenalty` (pads never
+    count as seen); settings that read the padded input (`_PAD_SENSITIVE`) are refused. A batch then
+    gives one prompt's tokens up to float reduction order (tests check equality on small models)."""
+    gc = generation_config
+    stop = set(eos_ids(gc.eos_token_id))
+    device = model_device(model)
+    if batch_size > 1:
+        if gc.do_sample:
+            raise ValueError("hf_generate batches greedy decoding only (do_sample=False)")
+        active = {k: getattr(gc, k, None) for k, neutral in _PAD_SENSITIVE.items()
+                  if getattr(gc, k, None) not in (None, neutral)}
+        if active:
+            raise ValueError(f"generation settings {active} read the padded input; generate with batch_size=1")
+        if gc.pad_token_id is None:
+            raise ValueError("batched generation needs generation_config.pad_token_id")
+    out: list[list[int] | None] = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
+    step = max(1, batch_size)
+    with tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False) as bar:
+        for s in range(0, len(order), step):
+            idx = order[s:s + step]
+            rows = [list(prompts[i]) for i in idx]
+            if any(not r for r in rows):
+                raise ValueError("empty prompt")
+            for i, g in zip(idx, _hf_generate_batch(model, rows, gc, device)):
+                n = next((k + 1 for k, t in enumerate(g) if t in stop), len(g))
+                out[i] = g[:n]
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def _hf_generate_batch(model, rows: list[list[int]], gc: GenerationConfig, device) -> list[list[int]]:
+    if len(rows) == 1:
+        ids = torch.tensor(rows, dtype=torch.long, device=device)  # (1, T)
+        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc)
+        return [seqs[0, ids.shape[1]:].tolist()]
+    ids, mask, _ = _left_pad(rows, gc.pad_token_id, device)  # (B, T) each
+    T = ids.shape[1]
+    penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
+    processors = LogitsProcessorList()
+    if penalty != 1.0:
+        gc = copy.deepcopy(gc)
+        gc.repetition_penalty = 1.0  # not None: None would be refilled from model.generation_config
+        processors.append(PadAwareRepetitionPenalty(penalty, torch.tensor([T - len(r) for r in rows], device=device)))
+    seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, logits_processor=processors)
+    return [seqs[b, T:].tolist() for b in range(len(rows))]
