@@ -52,20 +52,19 @@ def base_probes(spec: Spec, progress: bool = True) -> dict:
     with a GPU when the spec's methods use GPUs, else in this process."""
     specs = probe_specs(spec)
     key = hashlib.sha256(json.dumps([spec.model, specs, spec.probe_batch_size], sort_keys=True).encode()).hexdigest()[:16]
-    path = cache_dir(spec) / "base_probes" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    gpus = 1 if any(m.resources.gpus_per_worker > 0 for m in spec.methods.values()) else 0
-    if gpus:
-        import ray
-        out = ray.get(ray.remote(num_gpus=1)(_compute_base).remote(spec.model, specs, spec.probe_batch_size, False))
-    else:
-        out = _compute_base(spec.model, specs, spec.probe_batch_size, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
-    return out
+    from .cache import get_or_create
+
+    def build(tmp: Path):  # one process per key (concurrent sweeps/trials wait, then read)
+        gpus = 1 if any(m.resources.gpus_per_worker > 0 for m in spec.methods.values()) else 0
+        if gpus:
+            import ray
+            out = ray.get(ray.remote(num_gpus=1)(_compute_base).remote(spec.model, specs, spec.probe_batch_size, False))
+        else:
+            out = _compute_base(spec.model, specs, spec.probe_batch_size, progress)
+        tmp.write_text(json.dumps(out, indent=1))
+
+    path = get_or_create(cache_dir(spec) / "base_probes", f"{key}.json", build, file=True)
+    return json.loads(path.read_text())
 
 
 def _compute_base(model_id: str, specs: list[dict], batch_size: int, progress: bool) -> dict:

@@ -57,7 +57,9 @@ def insert_memory(model: nn.Module, cfg: MemoryConfig, generator: torch.Generato
     """Wrap `model.model.layers[i].mlp` for i in cfg.layers; returns the wrappers in layer order.
 
     Memory parameters take the device and dtype of the FFN they sit beside (values stay fp32).
-    `generator` makes the init independent of the global RNG's history. In `zero_values` mode
+    `generator` makes the init independent of the global RNG's history; the init is drawn on the
+    generator's device and copied to the model's, so a CPU generator gives the same memory on CPU
+    and CUDA (ProductKeyMemory.reset_parameters). In `zero_values` mode
     the value table AND the output bias of W2 are zeroed, so Mem(x) ≡ 0 and the model's function
     is unchanged bit for bit (the W2 bias would otherwise add a constant).
     """

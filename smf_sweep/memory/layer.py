@@ -125,16 +125,29 @@ class ProductKeyMemory(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """BERGES init. Biases: nn.Linear's default U(±1/sqrt(fan_in)), as BERGES leaves them."""
+        """BERGES init. Biases: nn.Linear's default U(±1/sqrt(fan_in)), as BERGES leaves them.
+
+        Every initialiser draws into a scratch tensor on the generator's device (the CPU when
+        `generator` is None, from the global CPU RNG) and the values are then copied into the
+        parameter, wherever it lives. So a CPU generator works for a memory on CUDA (or `meta`),
+        and the same seed gives the same init on every device.
+        """
         g = generator
-        nn.init.uniform_(self.address.keys, -self.address.d_k**-0.5, self.address.d_k**-0.5, generator=g)
-        nn.init.normal_(self.values, 0.0, self.v_dim**-0.5, generator=g)
-        nn.init.xavier_uniform_(self.address.query.weight, generator=g)
-        nn.init.normal_(self.w1.weight, 0.0, self.d**-0.5, generator=g)
-        nn.init.normal_(self.w2.weight, 0.0, self.d**-0.5, generator=g)
+        draw_on = g.device if g is not None else torch.device("cpu")
+
+        def init(p: torch.Tensor, fn, *args) -> None:
+            t = torch.empty(p.shape, dtype=p.dtype, device=draw_on)  # same shape: same fans for xavier
+            fn(t, *args, generator=g)
+            p.copy_(t)
+
+        init(self.address.keys, nn.init.uniform_, -self.address.d_k**-0.5, self.address.d_k**-0.5)
+        init(self.values, nn.init.normal_, 0.0, self.v_dim**-0.5)
+        init(self.address.query.weight, nn.init.xavier_uniform_)
+        init(self.w1.weight, nn.init.normal_, 0.0, self.d**-0.5)
+        init(self.w2.weight, nn.init.normal_, 0.0, self.d**-0.5)
         for lin in (self.address.query, self.w1, self.w2):
             b = lin.in_features**-0.5
-            nn.init.uniform_(lin.bias, -b, b, generator=g)
+            init(lin.bias, nn.init.uniform_, -b, b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..cache import get_or_create
 from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
                       compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
                       save_memory)
@@ -110,7 +111,7 @@ class SMF:
     def setup(self, model, cfg: SMFConfig, ctx: SetupContext) -> Setup:
         mem = cfg.memory()
         base_fp = _model_fingerprint(model)
-        gen = torch.Generator().manual_seed(ctx.seed)
+        gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
         insert_memory(model, mem, generator=gen)
         model.to(ctx.device)
         info: dict = {}
@@ -147,29 +148,29 @@ class SMF:
                          log_every=ctx.train.log_every)
         source = ctx.data["retrofit"]
         key = _digest("retrofit", base_fp, cfg.memory().to_dict(), source, rt.to_dict(), ctx.seed, ctx.world_size)
-        path = Path(ctx.cache_dir or ".") / "retrofits" / key
-        done = path / "memory.pt"
-        if not done.exists():
+        steps: dict = {}
+
+        def train():  # every rank: the stage's collectives need them all
             texts = list(oasst1_texts(source, "train"))
             params = freeze_for_retrofit(model)
             opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=0.0)
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=rt.micro_batch_size,
                               max_len=rt.max_len, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
-            total = rt.total_steps(batcher.per_epoch)
+            steps["total"] = total = rt.total_steps(batcher.per_epoch)
             stepper = TorchStepper(params, opt, warmup_cosine(rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
             ctx.run_stage(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt,
                           stage="retrofit", total_steps=total)
-            if ctx.rank == 0:
-                probes = ctx.probe(model) if ctx.probe else {}
-                tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-                save_memory(model, tmp / "memory.pt")
-                (tmp / "retrofit.json").write_text(json.dumps({"probes": probes, "train": rt.to_dict(),
-                                                               "source": source, "steps": total}, indent=1))
-                if not path.exists():
-                    tmp.rename(path)
-            if ctx.world_size > 1:
-                torch.distributed.barrier()
-        load_memory(model, done)
+
+        def write(tmp: Path):  # rank 0 only, under the entry's lock
+            probes = ctx.probe(model) if ctx.probe else {}
+            save_memory(model, tmp / "memory.pt")
+            (tmp / "retrofit.json").write_text(json.dumps({"probes": probes, "train": rt.to_dict(),
+                                                           "source": source, "steps": steps["total"]}, indent=1))
+
+        # one trial trains a retrofit at a time; a trial that waited for the same key loads it
+        path = get_or_create(Path(ctx.cache_dir or ".") / "retrofits", key, write, compute=train,
+                             rank=ctx.rank, world_size=ctx.world_size)
+        load_memory(model, path / "memory.pt")
         model.to(ctx.device)
         meta = json.loads((path / "retrofit.json").read_text())
         return {"retrofit_key": key, "retrofit_probes": meta["probes"]}
@@ -186,15 +187,14 @@ class SMF:
         source = ctx.data["retrofit"]
         key = _digest("background", addressing_fingerprint(model), source, cfg.background_batches,
                       cfg.background_batch_size, cfg.count_padding, cfg.retrofit_max_len)
-        path = Path(ctx.cache_dir or ".") / "background" / f"{key}.pt"
-        if not path.exists():
+        def build(tmp: Path):  # one process per key; ranks of a multi-rank trial wait and load
             texts = list(oasst1_texts(source, "train"))
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=cfg.background_batch_size,
                               max_len=cfg.retrofit_max_len, seed=ctx.seed)
             batches = (batcher.micro_batch(i) for i in range(cfg.background_batches))
             bg = compute_background(model, batches, count_padding=cfg.count_padding)
             bg.meta.update(source=source, batches=cfg.background_batches, batch_size=cfg.background_batch_size)
-            tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
             bg.save(tmp)
-            os.replace(tmp, path)
+
+        path = get_or_create(Path(ctx.cache_dir or ".") / "background", f"{key}.pt", build, file=True)
         return BackgroundStats.load(path, map_location=ctx.device)
