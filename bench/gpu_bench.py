@@ -74,7 +74,7 @@ def bench_train(method: str, mcfg: dict, mdir: Path, cfg: dict, B: int, T: int, 
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     warm = 3
-    tcfg = TrainConfig(lr=1e-4, max_steps=warm + steps, micro_batch_size=B, grad_accum=1, max_len=T, warmup_steps=1,
+    tcfg = TrainConfig(lr=1e-4, max_steps=warm + steps, micro_batch_size=B, effective_batch=B, max_len=T, warmup_steps=1,
                        log_every=1, precision="auto")
     tok = load_tokenizer(mdir)
     model = load_model(mdir, dtype="float32", device=dev)

@@ -35,30 +35,35 @@ def text_examples(texts: Iterable[str]) -> list[Example]:
 class Batcher:
     """Tokenises once; `micro_batch(k)` is the k-th micro-batch of this rank (k counts across epochs).
 
-    Each epoch is a seeded permutation of the examples; rank r of w takes every w-th slot, so the w
-    ranks together see each example once per epoch (the tail that does not fill a global micro-batch
-    is dropped)."""
+    An epoch is a seeded permutation of the examples cut into optimizer steps of `effective_batch`
+    examples (the tail that does not fill one is dropped). Each step is `accumulation` micro-batches
+    of `micro_batch_size` on each of the w ranks; rank r takes every w-th micro-batch slot. So the
+    examples of optimizer step s, and their order, are the same for any worker count."""
 
     def __init__(self, examples: list[Example], tokenizer, *, micro_batch_size: int, max_len: int,
-                 loss_on: str = "all", seed: int = 0, rank: int = 0, world_size: int = 1):
+                 effective_batch: int | None = None, loss_on: str = "all", append_eos: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
         if loss_on not in ("all", "answer"):
             raise ValueError(f"loss_on must be 'all' or 'answer', got {loss_on!r}")
         if not examples:
             raise ValueError("no training examples")
+        E = effective_batch or micro_batch_size * world_size
+        if E % (micro_batch_size * world_size):
+            raise ValueError(f"effective_batch {E} is not a multiple of micro_batch_size {micro_batch_size} "
+                             f"× {world_size} workers")
         self.mbs, self.seed, self.rank, self.world = micro_batch_size, seed, rank, world_size
         self.pad_id = tokenizer.pad_token_id
+        eos = [tokenizer.eos_token_id] if append_eos and tokenizer.eos_token_id is not None else []
         self.encoded: list[tuple[list[int], int]] = []              # (ids, first loss position)
         for ex in examples:
             p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] if ex.prompt else []
-            ids = tokenizer(ex.prompt + ex.completion, add_special_tokens=False)["input_ids"]
-            if tokenizer.eos_token_id is not None:
-                ids = ids + [tokenizer.eos_token_id]
+            ids = tokenizer(ex.prompt + ex.completion, add_special_tokens=False)["input_ids"] + eos
             start = len(p) if loss_on == "answer" else 0
             self.encoded.append((ids[:max_len], min(start, max_len)))
-        self.per_epoch = len(self.encoded) // (micro_batch_size * world_size)   # micro-batches per rank
-        if self.per_epoch == 0:
-            raise ValueError(f"{len(examples)} examples do not fill one global micro-batch of "
-                             f"{micro_batch_size} × {world_size} workers")
+        self.steps_per_epoch = len(self.encoded) // E                  # optimizer steps per epoch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(examples)} examples do not fill one optimizer step of {E} examples")
+        self.per_epoch = self.steps_per_epoch * (E // (micro_batch_size * world_size))   # micro-batches per rank
         self._orders: dict[int, torch.Tensor] = {}
 
     def _order(self, epoch: int) -> torch.Tensor:

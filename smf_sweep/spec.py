@@ -83,6 +83,8 @@ class Search:
     seed: int = 0                      # sampler seed
     sampler: str = "tpe"               # tpe (Optuna 5's multi-objective default) | random | nsga2
     max_failures: int = 1              # Ray Train retries of a crashed worker group per trial
+    trial_retries: int = 0             # Tune restarts of a failed trial; it resumes from its Train checkpoint (clusters: 1)
+    driver_resource: str | None = None   # drivers need 0.001 of it; only non-preemptible nodes declare it (clusters: smf_driver)
 
 
 @dataclass
@@ -273,11 +275,22 @@ def parse_spec(raw: dict, source: str = "<spec>") -> Spec:
         # `ray job submit` jobs in a temp copy of the working dir)
         spec.storage = str(Path(spec.storage).expanduser().resolve())
         validate(spec)
+        spec.train["precision"] = sweep_precision(spec)
     except SpecError as e:
         msg = str(e)
         msg = msg[2:] if msg.startswith(": ") else msg
         raise SpecError(f"{source}: {msg}") from None
     return spec
+
+
+def sweep_precision(spec: Spec) -> str:
+    """The one precision regime of a sweep (smf_sweep/precision.py): `auto` resolves here, once, to
+    bf16 when any method trains on GPUs, else fp32 — so base probes, training and after-probes agree.
+    A method cannot set its own (validate refuses it)."""
+    p = spec.train.get("precision", "auto")
+    if p != "auto":
+        return p
+    return "bf16" if any(ms.resources.gpus_per_worker > 0 for ms in spec.methods.values()) else "fp32"
 
 
 def method_fields(name: str) -> tuple[set[str], set[str]]:
@@ -317,6 +330,9 @@ def validate(spec: Spec) -> None:
         allowed = sorted(mf | tf)
         for section, keys in (("fixed", ms.fixed), ("search", ms.search)):
             for k in keys:
+                if k == "precision":
+                    raise _err(f"{where}.{section}.{k}", "the precision regime is the sweep's (train.precision): "
+                                                         "base probes and every trial share it")
                 if k not in mf | tf:
                     raise _err(f"{where}.{section}.{k}", f"not a field of {name}'s config or of train; "
                                                          f"allowed: {', '.join(allowed)}")
@@ -363,8 +379,11 @@ def validate(spec: Spec) -> None:
         if o.mode not in ("max", "min"):
             raise _err(f"objectives[{i}].mode", f"must be max or min, got {o.mode!r}")
     s = spec.search
-    if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0:
-        raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0")
+    if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0 or s.trial_retries < 0:
+        raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0, trial_retries >= 0")
+    if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
+                                          or s.driver_resource in ("CPU", "GPU", "memory", "object_store_memory")):
+        raise _err("search.driver_resource", f"a custom Ray resource name (e.g. smf_driver) or null, got {s.driver_resource!r}")
     if s.sampler not in ("tpe", "random", "nsga2"):
         raise _err("search.sampler", f"unknown sampler {s.sampler!r}; allowed: tpe, random, nsga2")
     if not spec.seeds:
@@ -380,7 +399,8 @@ def _clean(e: Exception) -> str:
 
 def _try(spec: Spec, method: str, params: dict, where: str) -> None:
     try:
-        build_configs(spec, method, params)
+        _, tcfg = build_configs(spec, method, params)
+        tcfg.accumulation(spec.methods[method].resources.workers)   # effective batch over this method's workers
     except (TypeError, ValueError) as e:
         raise _err(where, _clean(e)) from None
 

@@ -44,42 +44,70 @@ def worker_config(spec: Spec, method: str, params: dict, seed: int) -> dict:
             "cache_dir": str(cache_dir(spec)), "threads": spec.threads_per_worker}
 
 
-# ---- base probes, cached by (model, probe settings) ---------------------------------------------
+# ---- base probes, cached by (model, probe settings and versions, precision regime) ----------------
+def probe_versions(specs: list[dict]) -> dict:
+    """{task: the version its probe class declares} — part of the cache key: a changed probe never
+    reuses base numbers of its old version."""
+    from .probes import PROBES
+
+    return {s["task"]: str(PROBES[f"{s['task']}:{s['variant']}"].version) for s in specs}
+
+
 def base_probes(spec: Spec, progress: bool = True) -> dict:
     """{task: value, task.hib: higher_is_better, task.version: version} of the base model.
 
     Cached in the sweep's cache dir under a hash of the model and probe specs. Runs as a Ray task
     with a GPU when the spec's methods use GPUs, else in this process."""
     specs = probe_specs(spec)
-    key = hashlib.sha256(json.dumps([spec.model, specs, spec.probe_batch_size], sort_keys=True).encode()).hexdigest()[:16]
+    precision = spec.train.get("precision", "fp32")      # resolved by the spec (never "auto" here)
+    key = hashlib.sha256(json.dumps([spec.model, specs, spec.probe_batch_size, precision, probe_versions(specs)],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     from .cache import get_or_create
 
     def build(tmp: Path):  # one process per key (concurrent sweeps/trials wait, then read)
         gpus = 1 if any(m.resources.gpus_per_worker > 0 for m in spec.methods.values()) else 0
         if gpus:
             import ray
-            out = ray.get(ray.remote(num_gpus=1)(_compute_base).remote(spec.model, specs, spec.probe_batch_size, False))
+            out = ray.get(ray.remote(num_gpus=1)(_compute_base).remote(spec.model, specs, spec.probe_batch_size, False,
+                                                                          precision))
         else:
-            out = _compute_base(spec.model, specs, spec.probe_batch_size, progress)
+            out = _compute_base(spec.model, specs, spec.probe_batch_size, progress, precision)
         tmp.write_text(json.dumps(out, indent=1))
 
     path = get_or_create(cache_dir(spec) / "base_probes", f"{key}.json", build, file=True)
     return json.loads(path.read_text())
 
 
-def _compute_base(model_id: str, specs: list[dict], batch_size: int, progress: bool) -> dict:
-    from .models import load_model, load_tokenizer
+def _compute_base(model_id: str, specs: list[dict], batch_size: int, progress: bool, precision: str) -> dict:
+    """Probes of the base model in the sweep's precision regime: fp32 weights (as the trials'
+    workers load them) under the regime's autocast."""
+    from .models import default_device, load_model, load_tokenizer
+    from .precision import autocast
     from .probes import run_probes
 
     tok = load_tokenizer(model_id)
-    model = load_model(model_id)
-    out = {}
-    for task, r in run_probes(model, tok, specs, batch_size=batch_size, progress=progress).items():
+    device = default_device()
+    model = load_model(model_id, dtype="float32", device=device)
+    with autocast(device, precision):
+        results = run_probes(model, tok, specs, batch_size=batch_size, progress=progress)
+    out = {"precision": precision}
+    for task, r in results.items():
         out[task], out[f"{task}.hib"], out[f"{task}.version"], out[f"{task}.n"] = r.value, r.higher_is_better, r.version, r.n
     return out
 
 
 # ---- objectives ---------------------------------------------------------------------------------
+def check_comparable(base: dict, final: dict) -> None:
+    """Refuse a delta between numbers of different probe versions or precision regimes."""
+    bad = [f"{k[len('after/'):-len('.version')]}: base v{base.get(k[len('after/'):])} vs after v{v}"
+           for k, v in final.items() if k.startswith("after/") and k.endswith(".version")
+           and str(base.get(k[len("after/"):])) != str(v)]
+    if "precision" in base and "train/precision" in final and base["precision"] != final["train/precision"]:
+        bad.append(f"precision: base {base['precision']} vs trial {final['train/precision']}")
+    if bad:
+        raise TrialFailed("before and after are not comparable (" + "; ".join(bad) + ")")
+
+
 def delta(before: float, after: float, higher_is_better: bool) -> float:
     """Accuracies: points (after − before)·100. Perplexities: % of base, 100·(after/before − 1)."""
     return 100.0 * (after - before) if higher_is_better else 100.0 * (after / before - 1.0)
@@ -105,6 +133,17 @@ def outcome(spec: Spec, base: dict, after: dict) -> dict:
 
 
 # ---- running one trial through Ray Train --------------------------------------------------------
+def scaling_config(res):
+    """Ray Train's ScalingConfig for a method's `resources`. Several workers (DeepSpeed ZeRO) go on
+    one node (STRICT_PACK): their collectives then never cross nodes over TCP."""
+    import ray.train
+
+    use_gpu = res.gpus_per_worker > 0
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
+    return ray.train.ScalingConfig(num_workers=res.workers, use_gpu=use_gpu, resources_per_worker=per_worker,
+                                   placement_strategy="STRICT_PACK" if res.workers > 1 else "PACK")
+
+
 def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, name: str,
               in_tune: bool = False, extra: dict | None = None) -> dict:
     """Train through TorchTrainer (restarted workers resume from the last checkpoint), return the
@@ -123,8 +162,7 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
         callbacks.append(TuneReportCallback())
     trainer = TorchTrainer(
         train_worker, train_loop_config={**worker_config(spec, method, params, seed), **(extra or {})},
-        scaling_config=ray.train.ScalingConfig(num_workers=res.workers, use_gpu=use_gpu,
-                                               resources_per_worker=per_worker),
+        scaling_config=scaling_config(res),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(spec.sweep_dir() / "train"), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=spec.search.max_failures),
@@ -135,6 +173,7 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
     if m.get("diverged"):
         raise TrialFailed(m.get("failure_reason", "diverged"))
     after = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("after/") and "." not in k}
+    check_comparable(base, m)
     out = outcome(spec, base, after)
     out.update({k: v for k, v in m.items() if k.startswith(("retrofit/", "train/", "info.", "time.")) and
                 isinstance(v, (int, float, str))})

@@ -17,9 +17,10 @@ from typing import Callable
 import torch
 
 from .batching import Batcher, medmcqa_examples
-from .data import load_medmcqa
+from .data import medmcqa_train_subset
 from .methods import METHODS, SetupContext
 from .models import load_model, load_tokenizer
+from .precision import resolve as resolve_precision
 from .train_loop import NonFiniteLoss, TrainConfig, run_stage
 
 Reporter = Callable[[dict, "Path | None"], None]
@@ -45,12 +46,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def probe_results(model, tokenizer, specs: list[dict], batch_size: int, prefix: str = "") -> dict:
-    """{<task>: value, <task>.n: n, <task>.version: version} for MLflow/Tune (flat floats/strings)."""
+def probe_results(model, tokenizer, specs: list[dict], batch_size: int, precision: str, prefix: str = "") -> dict:
+    """{<task>: value, <task>.n: n, <task>.version: version} for MLflow/Tune (flat floats/strings),
+    probed in the trial's precision regime (the base probes used the same one)."""
+    from .precision import autocast
     from .probes import run_probes
 
     out = {}
-    for key, r in run_probes(model, tokenizer, specs, batch_size=batch_size).items():
+    with autocast(next(model.parameters()).device, precision):
+        results = run_probes(model, tokenizer, specs, batch_size=batch_size)
+    for key, r in results.items():
         out[f"{prefix}{key}"] = r.value
         out[f"{prefix}{key}.n"] = r.n
         out[f"{prefix}{key}.version"] = r.version
@@ -81,27 +86,29 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     seed = int(config["seed"])
     seed_everything(seed)
     tcfg = TrainConfig(**config["train"])
+    tcfg.precision = resolve_precision(tcfg.precision, device)
     method = METHODS[config["method"]]
     mcfg = method.Config(**config.get("method_cfg", {}))
 
     tok = load_tokenizer(config["model"])
     model = load_model(config["model"], dtype="float32", device=device)   # fp32 weights; bf16 autocast on GPU
-    rows = load_medmcqa(config["data"]["task"], "train", single_only=True, limit=tcfg.train_limit)
+    rows = medmcqa_train_subset(config["data"]["task"], seed=seed, limit=tcfg.train_limit)   # QWEN: shuffle(seed), then select
     batcher = Batcher(medmcqa_examples(rows), tok, micro_batch_size=tcfg.micro_batch_size, max_len=tcfg.max_len,
-                      loss_on=tcfg.loss_on, seed=seed, rank=rank, world_size=world)
-    total = tcfg.total_steps(batcher.per_epoch)
+                      effective_batch=tcfg.effective_batch, loss_on=tcfg.loss_on, append_eos=tcfg.append_eos,
+                      seed=seed, rank=rank, world_size=world)
+    total = tcfg.total_steps(batcher.steps_per_epoch)
     probes = config.get("probes", [])
     pbs = int(config.get("probe_batch_size", 16))
     stage_runner = functools.partial(run_stage, report=reporter, device=device, rank=rank, world_size=world)
     ctx = SetupContext(tokenizer=tok, train=tcfg, total_steps=total, device=device, seed=seed, rank=rank,
                        world_size=world, cache_dir=Path(config["cache_dir"]) if config.get("cache_dir") else None,
                        run_stage=lambda setup, b, cfg, **kw: stage_runner(setup, b, cfg, **kw),
-                       probe=(lambda m: probe_results(m, tok, probes, pbs)) if probes else None,
+                       probe=(lambda m: probe_results(m, tok, probes, pbs, tcfg.precision)) if probes else None,
                        data=dict(config["data"]))
     resume = Path(ckpt.to_directory()) if ckpt is not None else None
     if resume is not None and (resume / FINAL).exists():      # restarted after it had finished
         final = json.loads((resume / FINAL).read_text())
-        reporter(final, _final_checkpoint(final) if rank == 0 else None)
+        _report_final(reporter, final, rank)
         return final
     if config.get("debug_dir"):             # tests: where each attempt of each rank started
         d = Path(config["debug_dir"])
@@ -116,11 +123,12 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
                          rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))
     except NonFiniteLoss as e:
         final = {"diverged": 1, "failure_reason": str(e), "final": 1}
-        reporter(final, _final_checkpoint(final) if rank == 0 else None)
+        _report_final(reporter, final, rank)
         return final
     # (never "done": Tune reads done=True in a result as "stop this trial", which killed the driver
     # before its final report and left the Train run's placement group reserved)
     final = {**last, "final": 1, "trainable_params": setup.trainable, "train_steps": total,
+             "train/precision": tcfg.precision,
              **{f"info.{k}": (json.dumps(v) if not isinstance(v, (int, float, str)) else v)
                 for k, v in setup.info.items() if k != "retrofit_probes"}}
     for k, v in setup.info.get("retrofit_probes", {}).items():
@@ -130,12 +138,12 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     exported = setup.export()          # collective for ZeRO-3: every rank calls it
     t_probe = time.perf_counter()
     if rank == 0 and probes:
-        final.update(probe_results(exported, tok, probes, pbs, prefix="after/"))
+        final.update(probe_results(exported, tok, probes, pbs, tcfg.precision, prefix="after/"))
     final["time.probe_s"] = time.perf_counter() - t_probe
     setup.hooks.close()
     if config.get("debug_dir"):             # tests: each rank's weights, to compare ranks
         _write_weights_digest(Path(config["debug_dir"]), rank, exported)
-    reporter(final, _final_checkpoint(final) if rank == 0 else None)
+    _report_final(reporter, final, rank)
     return final
 
 
@@ -179,6 +187,19 @@ def _write_weights_digest(path: Path, rank: int, model) -> None:
         h.update(name.encode() + t.detach().cpu().float().numpy().tobytes())
     path.mkdir(parents=True, exist_ok=True)
     (path / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "sha256": h.hexdigest()}))
+
+
+def _report_final(reporter: Reporter, final: dict, rank: int) -> None:
+    """The last report, with the final metrics as a checkpoint from rank 0; the local copy is
+    deleted once reported (Ray Train has uploaded it to storage by then)."""
+    import shutil
+
+    path = _final_checkpoint(final) if rank == 0 else None
+    try:
+        reporter(final, path)
+    finally:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _final_checkpoint(final: dict) -> Path:

@@ -26,7 +26,7 @@ def _spec(world, tmp_path, method_block: dict, **train):
         "name": "t", "model": str(world / "model"), "storage": str(tmp_path),
         "data": {"task": src, "retrofit": src, "triviaqa": src, "wikitext": src},
         "probes": {"medmcqa": {"limit": 16}, "wikitext": {"limit": 8}, "triviaqa": {"limit": 8}},
-        "train": {"lr": 1e-3, "epochs": 10, "max_steps": 6, "micro_batch_size": 4, "grad_accum": 2, "max_len": 96,
+        "train": {"lr": 1e-3, "epochs": 10, "max_steps": 6, "micro_batch_size": 4, "effective_batch": 8, "max_len": 96,
                   "warmup_steps": 1, "log_every": 1, "train_limit": 64, **train},
         "methods": method_block, "threads_per_worker": 1})
 

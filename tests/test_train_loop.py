@@ -18,7 +18,7 @@ SMF_TINY = {"layers": [1], "n_keys": 8, "heads": 2, "k": 4, "d_k": 16, "top_t": 
 
 def _config(world, method, method_cfg=None, **train):
     return {"model": str(world / "model"), "method": method, "method_cfg": method_cfg or {}, "seed": 0,
-            "train": {"lr": 3e-3, "epochs": 10, "max_steps": 8, "micro_batch_size": 4, "grad_accum": 2, "max_len": 96,
+            "train": {"lr": 3e-3, "epochs": 10, "max_steps": 8, "micro_batch_size": 4, "effective_batch": 8, "max_len": 96,
                       "warmup_steps": 1, "log_every": 1, "train_limit": 64, **train},
             "data": {"task": f"world:{world}", "retrofit": f"world:{world}"}, "probes": [], "cache_dir": None}
 
@@ -48,7 +48,7 @@ def test_lora_changes_only_adapter_weights(tiny_world):
 
     model = load_model(tiny_world / "model", dtype="float32", device="cpu")
     tok = load_tokenizer(tiny_world / "model")
-    cfg = TrainConfig(lr=1e-2, max_steps=3, warmup_steps=1, micro_batch_size=2, grad_accum=1)
+    cfg = TrainConfig(lr=1e-2, max_steps=3, warmup_steps=1, micro_batch_size=2, effective_batch=2)
     setup = METHODS["lora"].setup(model, METHODS["lora"].Config(rank=4, alpha=8), SetupContext(tok, cfg, 3, torch.device("cpu")))
     before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
     batch = tok(["Question: a?\nAnswer: b", "Question: c?\nAnswer: d"], return_tensors="pt", padding=True)
@@ -75,7 +75,7 @@ def test_smf_moves_only_selected_rows_each_step(tiny_world, tmp_path):
 
     model = load_model(tiny_world / "model", dtype="float32", device="cpu")
     tok = load_tokenizer(tiny_world / "model")
-    cfg = TrainConfig(lr=1e-2, max_steps=6, warmup_steps=1, micro_batch_size=4, grad_accum=2, max_len=96, log_every=1)
+    cfg = TrainConfig(lr=1e-2, max_steps=6, warmup_steps=1, micro_batch_size=4, effective_batch=8, max_len=96, log_every=1)
     mcfg = METHODS["smf"].Config(**dict(SMF_TINY, mode="zero_values", selector="tfidf", optimizer="adamw"))
     ctx = SetupContext(tok, cfg, 6, torch.device("cpu"), cache_dir=tmp_path, data={"retrofit": f"world:{tiny_world}"})
     setup = METHODS["smf"].setup(model, mcfg, ctx)
@@ -92,12 +92,12 @@ def test_smf_moves_only_selected_rows_each_step(tiny_world, tmp_path):
     run_stage(setup, batcher, cfg, report)
     assert len(snapshots) == 6
     prev = before
-    for vals, rows in snapshots:
+    for step, (vals, rows) in enumerate(snapshots):
         for i, v in vals.items():
             moved = (v != prev[i]).any(dim=1)                       # (N,) rows that changed this step
             assert not (moved & ~rows[i]).any(), "a row outside the selection moved"
-            assert int(rows[i].sum()) <= cfg.grad_accum * mcfg.top_t
-            assert moved.any()
+            assert int(rows[i].sum()) <= cfg.accumulation() * mcfg.top_t
+            assert moved.any() or step == 0     # the study's schedule: lr = step/warmup = 0 at the first step
         prev = vals
 
 

@@ -101,7 +101,7 @@ def test_default_world_full_finetuning_learns_the_task(world, tmp_path):
     src = f"world:{world}"
     final = train_worker({
         "model": str(world / "model"), "method": "full", "method_cfg": {}, "seed": 0, "cache_dir": str(tmp_path),
-        "train": {"lr": 3e-4, "epochs": 6, "micro_batch_size": 16, "grad_accum": 1, "max_len": 512, "warmup_steps": 10,
+        "train": {"lr": 3e-4, "epochs": 6, "micro_batch_size": 16, "effective_batch": 16, "max_len": 512, "warmup_steps": 10,
                   "log_every": 50},
         "data": {"task": src, "retrofit": src}, "threads": 2,
         "probes": [{"task": "medmcqa", "source": src, "limit": 0}]}, reporter=lambda m, c: None)

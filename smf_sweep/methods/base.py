@@ -42,8 +42,18 @@ class Stepper(Protocol):
     def load(self, path: Path) -> None: ...
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int,
+                    floor: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The study's schedule (HF Trainer's `cosine`): transformers' own scheduler, warmup `step/warmup`
+    (lr 0 at the first step), then cosine to `floor` × lr at `total`."""
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total, min_lr_rate=floor)
+
+
 def warmup_cosine(warmup: int, total: int, floor: float = 0.0) -> Callable[[int], float]:
-    """lr multiplier: linear warmup over `warmup` steps, then cosine from 1 to `floor` at `total`."""
+    """lr multiplier of the embedded world's pretraining (not a study recipe): linear warmup
+    `(step+1)/warmup`, then cosine from 1 to `floor` at `total`."""
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -57,9 +67,12 @@ class TorchStepper:
     scheduler at the boundary. Saves only the parameters it trains."""
 
     def __init__(self, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-                 lr_lambda: Callable[[int], float], grad_clip: float | None, world_size: int = 1):
+                 schedule: Callable[[int], float] | torch.optim.lr_scheduler.LRScheduler, grad_clip: float | None,
+                 world_size: int = 1):
+        """`schedule`: an LR scheduler on `optimizer` (cosine_schedule) or an lr multiplier function."""
         self.params, self.opt, self.clip, self.world = params, optimizer, grad_clip, world_size
-        self.sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        self.sched = (schedule if isinstance(schedule, torch.optim.lr_scheduler.LRScheduler)
+                      else torch.optim.lr_scheduler.LambdaLR(optimizer, schedule))
 
     def backward(self, loss: torch.Tensor, n_micro: int) -> None:
         (loss / n_micro).backward()
@@ -89,7 +102,7 @@ class TorchStepper:
                     "params": [p.detach().cpu() for p in self.params]}, path / "stepper.pt")
 
     def load(self, path: Path) -> None:
-        st = torch.load(path / "stepper.pt", weights_only=False)
+        st = torch.load(path / "stepper.pt", weights_only=True)   # shared storage: tensors only, no pickled code
         with torch.no_grad():
             for p, v in zip(self.params, st["params"]):
                 p.copy_(v)

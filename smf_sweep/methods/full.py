@@ -1,6 +1,8 @@
 """Full finetuning under DeepSpeed ZeRO (SMF_SPEC §5): every weight trains; ZeRO shards optimizer
-state (stage 2, default) or also the weights (stage 3) across workers. bf16 on GPU, fp32 on CPU
-(where DeepSpeed uses its CPU accelerator and gloo)."""
+state (stage 2, default) or also the weights (stage 3) across workers. Weights stay fp32 and the
+`bf16` regime is torch autocast (DeepSpeed's `torch_autocast` section), as for SMF and LoRA and as
+HF Trainer's `bf16=True` in the study — not DeepSpeed's bf16 mode, which would train and probe bf16
+weights. On CPU DeepSpeed uses its CPU accelerator and gloo."""
 from __future__ import annotations
 
 import os
@@ -10,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .base import Setup, SetupContext, warmup_cosine
+from ..precision import resolve
+from .base import Setup, SetupContext, cosine_schedule
 
 
 @dataclass
@@ -91,23 +94,22 @@ class Full:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
-        gpu = ctx.device.type == "cuda"
         t = ctx.train
         ds_config = {
             "train_micro_batch_size_per_gpu": t.micro_batch_size,
-            "gradient_accumulation_steps": t.grad_accum,
+            "gradient_accumulation_steps": t.accumulation(ctx.world_size),   # effective batch for any worker count
             "gradient_clipping": t.grad_clip or 0.0,
             "zero_optimization": {"stage": cfg.zero_stage},
             "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(cfg.betas), "eps": 1e-8,
                                                       "weight_decay": t.weight_decay, "torch_adam": True}},
-            "bf16": {"enabled": gpu and t.precision in ("auto", "bf16")},
+            "bf16": {"enabled": False},       # fp32 weights; the bf16 regime is autocast (below)
+            "torch_autocast": {"enabled": resolve(t.precision, ctx.device) == "bf16", "dtype": "bfloat16"},
             "steps_per_print": 10 ** 9,
             "wall_clock_breakdown": False,
         }
-        lr_lambda = warmup_cosine(t.warmup_steps, ctx.total_steps, t.lr_floor)
         engine, *_ = deepspeed.initialize(
             model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda))
+            lr_scheduler=lambda opt: cosine_schedule(opt, t.warmup_steps, ctx.total_steps, t.lr_floor))
 
         def export():
             if cfg.zero_stage < 3:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Setup, SetupContext, TorchStepper, warmup_cosine
+from .base import Setup, SetupContext, TorchStepper, cosine_schedule
 
 STUDY_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -45,7 +45,7 @@ class Lora:
             target_modules=list(cfg.target_modules), task_type="CAUSAL_LM"))
         params = [p for p in pm.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
-        stepper = TorchStepper(params, opt, warmup_cosine(ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
+        stepper = TorchStepper(params, opt, cosine_schedule(opt, ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
                                ctx.train.grad_clip, world_size=ctx.world_size)
         return Setup(model=pm, stepper=stepper, export=lambda: pm.merge_and_unload(),
                      trainable=sum(p.numel() for p in params))

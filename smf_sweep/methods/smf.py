@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from ..cache import get_or_create
+from ..precision import autocast
 from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
                       compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
                       save_memory)
-from .base import Hooks, Setup, SetupContext, TorchStepper, warmup_cosine
+from .base import Hooks, Setup, SetupContext, TorchStepper, cosine_schedule
 
 
 @dataclass
@@ -48,7 +49,7 @@ class SMFConfig:
     retrofit_lr: float = 5e-4
     retrofit_max_steps: int | None = None  # cap (smoke runs)
     retrofit_micro_batch_size: int = 4
-    retrofit_grad_accum: int = 4
+    retrofit_effective_batch: int = 16    # QWEN: batch 16, for any worker count
     retrofit_warmup_steps: int = 100
     retrofit_max_len: int = 1024
     # background statistics (QWEN: 2000 single-sequence OASST1 batches; LIN: 1000 DCLM batches)
@@ -111,7 +112,7 @@ class SMF:
     def setup(self, model, cfg: SMFConfig, ctx: SetupContext) -> Setup:
         mem = cfg.memory()
         base_fp = _model_fingerprint(model)
-        gen = torch.Generator(device="cpu").manual_seed(ctx.seed)
+        gen = torch.Generator(device="cpu").manual_seed(ctx.seed)  # CPU draws: the same init on every device
         insert_memory(model, mem, generator=gen)
         model.to(ctx.device)
         info: dict = {}
@@ -120,7 +121,7 @@ class SMF:
         bg = self._background(model, cfg, ctx)
         values = freeze_for_sparse(model)
         opt = OPTIMIZERS[cfg.optimizer](values, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
-        stepper = TorchStepper(values, opt, warmup_cosine(ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
+        stepper = TorchStepper(values, opt, cosine_schedule(opt, ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
                                ctx.train.grad_clip, world_size=ctx.world_size)
         reduce = None
         if ctx.world_size > 1:
@@ -142,9 +143,9 @@ class SMF:
         from ..train_loop import TrainConfig
 
         rt = TrainConfig(lr=cfg.retrofit_lr, epochs=cfg.retrofit_epochs, max_steps=cfg.retrofit_max_steps,
-                         micro_batch_size=cfg.retrofit_micro_batch_size, grad_accum=cfg.retrofit_grad_accum,
+                         micro_batch_size=cfg.retrofit_micro_batch_size, effective_batch=cfg.retrofit_effective_batch,
                          max_len=cfg.retrofit_max_len, warmup_steps=cfg.retrofit_warmup_steps, weight_decay=0.0,
-                         grad_clip=ctx.train.grad_clip, precision=ctx.train.precision,
+                         grad_clip=ctx.train.grad_clip, precision=ctx.train.precision, append_eos=ctx.train.append_eos,
                          log_every=ctx.train.log_every)
         source = ctx.data["retrofit"]
         key = _digest("retrofit", base_fp, cfg.memory().to_dict(), source, rt.to_dict(), ctx.seed, ctx.world_size)
@@ -155,9 +156,10 @@ class SMF:
             params = freeze_for_retrofit(model)
             opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=0.0)
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=rt.micro_batch_size,
-                              max_len=rt.max_len, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
-            steps["total"] = total = rt.total_steps(batcher.per_epoch)
-            stepper = TorchStepper(params, opt, warmup_cosine(rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
+                              max_len=rt.max_len, effective_batch=rt.effective_batch, append_eos=rt.append_eos,
+                              seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
+            steps["total"] = total = rt.total_steps(batcher.steps_per_epoch)
+            stepper = TorchStepper(params, opt, cosine_schedule(opt, rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
             ctx.run_stage(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt,
                           stage="retrofit", total_steps=total)
 
@@ -185,14 +187,17 @@ class SMF:
         from ..data import oasst1_texts
 
         source = ctx.data["retrofit"]
+        regime = (ctx.train.precision, ctx.train.append_eos)   # counted as training counts: same autocast, same text
         key = _digest("background", addressing_fingerprint(model), source, cfg.background_batches,
-                      cfg.background_batch_size, cfg.count_padding, cfg.retrofit_max_len)
+                      cfg.background_batch_size, cfg.count_padding, cfg.retrofit_max_len, *regime)
+
         def build(tmp: Path):  # one process per key; ranks of a multi-rank trial wait and load
             texts = list(oasst1_texts(source, "train"))
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=cfg.background_batch_size,
-                              max_len=cfg.retrofit_max_len, seed=ctx.seed)
+                              max_len=cfg.retrofit_max_len, append_eos=ctx.train.append_eos, seed=ctx.seed)
             batches = (batcher.micro_batch(i) for i in range(cfg.background_batches))
-            bg = compute_background(model, batches, count_padding=cfg.count_padding)
+            with autocast(ctx.device, ctx.train.precision):
+                bg = compute_background(model, batches, count_padding=cfg.count_padding)
             bg.meta.update(source=source, batches=cfg.background_batches, batch_size=cfg.background_batch_size)
             bg.save(tmp)
 

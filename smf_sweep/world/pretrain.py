@@ -101,7 +101,7 @@ def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     stepper = TorchStepper(params, opt, warmup_cosine(cfg.warmup_steps, cfg.steps, floor=0.1), grad_clip=1.0)
-    tcfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, micro_batch_size=cfg.batch_size, grad_accum=1,
+    tcfg = TrainConfig(lr=cfg.lr, max_steps=cfg.steps, micro_batch_size=cfg.batch_size, effective_batch=cfg.batch_size,
                        max_len=cfg.seq_len, warmup_steps=cfg.warmup_steps, lr_floor=0.1,
                        weight_decay=cfg.weight_decay, precision="fp32", log_every=50)
     losses: list[float] = []
