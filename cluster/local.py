@@ -72,6 +72,7 @@ STATE_FILE = "cluster.json"
 _AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 _MAX_TEMP_DIR_CHARS = 44        # session_<41 chars>/sockets/plasma_store must fit in 107 bytes
 _CLIENT_DROP_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN")
+DRIVER_RESOURCE = "smf_driver"  # on the head only, like the cloud configs: specs with search.driver_resource run here
 
 
 class LocalClusterError(RuntimeError):
@@ -239,8 +240,8 @@ def _refresh_ray_auth_config() -> None:
 # the cluster
 # ----------------------------------------------------------------------------------------------
 class LocalCluster:
-    """A head (`node_head` resource, no GPUs) and `workers` extra nodes (`node_w1`, ...) on this
-    machine; optional MLflow server. Use as a context manager or call start()/stop().
+    """A head (`node_head` and `smf_driver` resources, no GPUs) and `workers` extra nodes (`node_w1`,
+    ...) on this machine; optional MLflow server. Use as a context manager or call start()/stop().
 
     After start(): gcs_address ("127.0.0.1:<port>", for ray.init / ray start --address),
     dashboard_url ("http://127.0.0.1:<port>", for `ray job submit --address`), mlflow_uri (or None),
@@ -391,7 +392,8 @@ class LocalCluster:
 
     def _common_args(self, node: NodeInfo) -> list[str]:
         return ["--node-ip-address", "127.0.0.1", "--num-cpus", str(node.num_cpus),
-                "--num-gpus", str(node.num_gpus), "--resources", json.dumps({node.resource: 1}),
+                "--num-gpus", str(node.num_gpus), "--resources",
+                json.dumps({node.resource: 1, **({DRIVER_RESOURCE: 1} if node.name == "head" else {})}),
                 "--temp-dir", node.temp_dir, "--object-store-memory", str(self.object_store_mb << 20),
                 "--dashboard-agent-listen-port", str(_free_port()),
                 "--min-worker-port", "0", "--max-worker-port", "0", "--disable-usage-stats"]

@@ -40,6 +40,11 @@ class PlacementGroupJanitor(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.release(trial.trial_id)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """Tune retries the trial (search.trial_retries): the failed attempt's Train run is over (its
+        controller lived and died with the driver), so its groups go; the retry reports its own."""
+        self.release(trial.trial_id)
+
     def release(self, trial_id: str) -> list[str]:
         from ray.util.placement_group import placement_group_table
 

@@ -142,6 +142,56 @@ class Describe:
         return p, tags
 
 
+# ---- where trial drivers run, and how often a trial is retried --------------------------------------
+DRIVER_SHARE = 0.001        # of search.driver_resource per trial driver: a node declaring 1 takes 1000 drivers
+
+
+def driver_resources(spec: Spec) -> dict:
+    """What one trial's driver (the Tune function) reserves. It only drives its Ray Train run: no
+    CPU (a token of memory, as Ray rejects an empty bundle), so trials are placed by their workers'
+    resources; a fractional CPU here would leave 1.98 of 2 CPUs and the second trial's whole-CPU
+    worker would wait forever. With `search.driver_resource`, also a sliver of that custom resource,
+    which only nodes that are never preempted declare (cluster/*.yaml): the driver, and the Train
+    controller Ray attaches to the driver's node, survive a spot worker's preemption, so Train's own
+    retries (search.max_failures) restart the lost workers from the checkpoint."""
+    res: dict = {"cpu": 0, "memory": 64 * 2 ** 20}
+    if spec.search.driver_resource:
+        res[spec.search.driver_resource] = DRIVER_SHARE
+    return res
+
+
+def check_driver_resource(spec: Spec) -> None:
+    """Before any trial starts: the connected cluster must have the drivers' resource, else every
+    trial would stay PENDING forever (or until an autoscaler that cannot make it gives up)."""
+    name = spec.search.driver_resource
+    if not name:
+        return
+    import ray
+
+    have = ray.cluster_resources()
+    if have.get(name, 0) >= DRIVER_SHARE:
+        return
+    custom = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                    and not k.startswith(("node:", "accelerator_type:")))
+    raise SpecError(f"{spec.source_file}: search.driver_resource: the Ray cluster has no resource {name!r} "
+                    f"(its custom resources: {', '.join(custom) or 'none'}). Trial drivers need {DRIVER_SHARE} of it: "
+                    f"declare it on the head and on-demand nodes (ray start --resources '{{\"{name}\": 1}}'; "
+                    "cluster/*.yaml and cluster.local do), or set search.driver_resource: null "
+                    "(--set search.driver_resource=null) to let drivers run on any node")
+
+
+def tune_run_config(spec: Spec, name: str, storage: Path, callbacks: list, progress: bool):
+    """The RunConfig of both Tuners (search and confirm). `search.trial_retries`: Tune restarts a
+    failed trial with the same trial id, hence the same Ray Train run name (sweep_trial), so the
+    Train run resumes from its last checkpoint; the searcher and the MLflow logger hear of the trial
+    only once it finally completes or errors (a retry reuses its MLflow run)."""
+    from ray import tune
+
+    return tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks,
+                          failure_config=tune.FailureConfig(max_failures=spec.search.trial_retries),
+                          verbose=1 if progress else 0)
+
+
 # ---- the sweep -----------------------------------------------------------------------------------
 def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     import ray
@@ -156,24 +206,21 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     sweep.mkdir(parents=True, exist_ok=True)
     uri = spec.tracking_uri or f"sqlite:///{sweep / 'mlflow.db'}"
     check_tracking_uri(uri)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
+                 include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None)
+    check_driver_resource(spec)           # before the world is built and any trial starts
     spec = resolve_world(spec, progress=progress)
     frozen = sweep / "spec.json"
     frozen.write_text(json.dumps({"source": spec.source_file, **spec.to_dict()}, indent=1, default=str))
     experiment = f"smf_sweep/{spec.name}"
     (sweep / "sweep.json").write_text(json.dumps({"name": spec.name, "tracking_uri": uri, "experiment_name": experiment,
                                                   "spec_hash": spec.spec_hash()}, indent=1))
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False,
-                 include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None)
     base = base_probes(spec, progress=progress)
     tracker = SweepTracker(uri, experiment, spec.name, spec.spec_hash())
     tracker.log_sweep(spec.to_dict(), base, frozen)
 
-    # The trial function only drives its Ray Train run: it reserves no CPU (a token of memory, as Ray
-    # rejects an empty bundle), so trials are placed by their workers' resources. A fractional CPU
-    # here would leave 1.98 of 2 CPUs and the second trial's whole-CPU worker would wait forever.
-    trainable = tune.with_resources(tune.with_parameters(sweep_trial, spec=spec, base=base),
-                                    {"cpu": 0, "memory": 64 * 2 ** 20})
+    trainable = tune.with_resources(tune.with_parameters(sweep_trial, spec=spec, base=base), driver_resources(spec))
     logger = MLflowTrialLogger({"uri": uri, "experiment": experiment, "sweep": spec.name,
                                 "spec_hash": spec.spec_hash()}, Describe(spec))
     path = sweep / "tune" / spec.name
@@ -187,9 +234,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
             trainable,
             tune_config=tune.TuneConfig(search_alg=make_searcher(spec), num_samples=n,
                                         max_concurrent_trials=spec.search.concurrency),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep / "tune"), callbacks=[logger, PlacementGroupJanitor()],
-                                      failure_config=tune.FailureConfig(max_failures=0),
-                                      verbose=1 if progress else 0))
+            run_config=tune_run_config(spec, spec.name, sweep / "tune", [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()
     summary = summarize(spec, grid, uri)
     if spec.confirm.top and summary["front"]:
@@ -213,8 +258,8 @@ def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progr
     else:
         tuner = tune.Tuner(trainable, param_space={"point": tune.grid_search(points)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=spec.search.concurrency),
-                           run_config=tune.RunConfig(name=f"{spec.name}-confirm", storage_path=str(sweep / "tune"),
-                                                     callbacks=[logger, PlacementGroupJanitor()], verbose=1 if progress else 0))
+                           run_config=tune_run_config(spec, f"{spec.name}-confirm", sweep / "tune",
+                                                      [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()
     ok = [r for r in grid if r.error is None]
     print(f"confirm stage: {len(ok)} of {len(points)} re-runs finished ({len(best)} configs × seeds {spec.confirm.seeds})")
@@ -284,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    summary = run_sweep(spec, progress=not args.quiet)
+    try:
+        summary = run_sweep(spec, progress=not args.quiet)
+    except SpecError as e:                # e.g. search.driver_resource missing on the cluster
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(f"sweep wall time: {summary['wall_seconds']:.0f} s")
     if args.json:
