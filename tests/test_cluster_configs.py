@@ -92,7 +92,9 @@ def test_ray_up_is_spot_first_with_an_on_demand_fallback(name):
     assert spot and on_demand
     # autoscaler v2 (ray up's default) prefers the higher priority among equally good fits
     assert min(v["priority"] for v in spot) > max(v["priority"] for v in on_demand)
-    assert {json.dumps(v["resources"]) for v in one_gpu.values()} == {json.dumps(spot[0]["resources"])}
+    # the same shape, so any trial fits either (on-demand types also take trial drivers: smf_driver)
+    shape = lambda r: json.dumps({k: v for k, v in r.items() if k != "smf_driver"}, sort_keys=True)  # noqa: E731
+    assert {shape(v["resources"]) for v in one_gpu.values()} == {shape(spot[0]["resources"])}
 
 
 def test_gcp_gpu_nodes_terminate_on_host_maintenance():
@@ -119,9 +121,9 @@ def test_ray_up_image_install_storage_mlflow_and_auth(name):
     assert "mlflow server" in head_cmds
     assert "--backend-store-uri sqlite:////shared/mlflow/mlflow.db" in head_cmds
     assert "--artifacts-destination /shared/mlflow/artifacts" in head_cmds
-    assert "--host 0.0.0.0 --port 5000" in head_cmds
-    assert "mlflow:5000" in head_cmds, "allowed-hosts must admit the alias trials use"
-    assert any("$RAY_HEAD_IP mlflow" in c for c in cfg["worker_setup_commands"])
+    assert "--host 127.0.0.1 --port 5000" in head_cmds, "no auth: loopback only (the driver on the head writes)"
+    assert "mlflow:5000" in head_cmds, "allowed-hosts must admit the alias the driver uses"
+    assert any("127.0.0.1 mlflow" in c for c in cfg["head_setup_commands"])
 
     # token auth: one token file on every node, RAY_AUTH_MODE=token before every ray start
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
@@ -273,6 +275,8 @@ def test_two_alive_nodes_with_their_custom_resources(local_cluster, connected):
     assert set(by_res) == {"node_head", "node_w1"}
     assert by_res["node_head"]["NodeID"] != by_res["node_w1"]["NodeID"]
     assert "node:__internal_head__" in by_res["node_head"]["Resources"]
+    assert by_res["node_head"]["Resources"].get("smf_driver") == 1          # trial drivers: the head only
+    assert "smf_driver" not in by_res["node_w1"]["Resources"]
     assert all(n["Resources"].get("GPU", 0) == 0 for n in alive)
     assert local_cluster.gcs_address.startswith("127.0.0.1:")
 
@@ -289,6 +293,30 @@ def test_task_pinned_by_custom_resource_runs_on_the_other_node(local_cluster, co
 
     node = ray.get(where.remote(), timeout=60)
     assert node == ids["node_w1"] != ids["node_head"]
+
+
+@pytest.mark.slow
+def test_trial_drivers_with_the_driver_resource_stay_on_the_head(local_cluster, connected, tmp_path):
+    """search.driver_resource: the sweep's Tune drivers (tune.driver_resources) land only where the
+    resource is declared — the head here, the head and on-demand nodes on a cloud cluster."""
+    import ray
+    from ray import tune
+
+    from smf_sweep.spec import load_spec
+    from smf_sweep.tune import check_driver_resource, driver_resources
+
+    spec = load_spec(REPO / "search_spaces" / "smoke.yaml",
+                     ["search.driver_resource=smf_driver", f"storage={tmp_path}"])
+    check_driver_resource(spec)
+    head = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "node_head" in n["Resources"])
+
+    def driver(config):
+        tune.report({"node": ray.get_runtime_context().get_node_id()})
+
+    grid = tune.Tuner(tune.with_resources(driver, driver_resources(spec)), param_space={"i": tune.grid_search([0, 1, 2, 3])},
+                      run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    nodes = [r.metrics["node"] for r in grid]
+    assert len(nodes) == 4 and set(nodes) == {head}
 
 
 def _run(argv, env, timeout=120):
