@@ -34,21 +34,37 @@ def _spec(world, tmp_path, method_block: dict, **train):
 def test_full_finetuning_deepspeed_two_workers_identical_ranks(tiny_world, tmp_path, ray_local):
     spec = _spec(tiny_world, tmp_path, {"full": {"fixed": {"zero_stage": 2},
                                                  "resources": {"workers": 2, "cpus_per_worker": 1}}})
-    base = _compute_base(spec.model, probe_specs(spec), 8, False)
+    base = _compute_base(spec.model, probe_specs(spec), 8, False, spec.train["precision"])
     out = run_trial(spec, "full", {}, 0, base, name="ds2", extra={"debug_dir": str(tmp_path / "dbg")})
     digests = {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["sha256"]
                for p in (tmp_path / "dbg").glob("rank*.json")}
     assert set(digests) == {0, 1}
     assert digests[0] == digests[1], "ZeRO-2 ranks disagree on the weights after training"
     assert out["train_steps"] == 6 and out["info.zero_stage"] == 2
+    # equal budget: two workers at micro-batch 4 reach the spec's effective batch 8 without accumulation
+    assert (out["train/optimizer_steps"], out["train/examples_seen"], out["train/effective_batch"]) == (6, 48, 8)
     for k in ("medmcqa/after", "wikitext/after", "triviaqa/after", "medmcqa_gain_pp", "forgetting"):
         assert isinstance(out[k], float)
+
+
+@pytest.mark.parametrize("method, fixed", [
+    ("lora", {}),
+    ("smf", {"layers": [1], "n_keys": 8, "heads": 2, "k": 4, "d_k": 16, "top_t": 6, "mode": "zero_values",
+             "selector": "tf"})])
+def test_two_workers_get_the_same_budget_as_one(tiny_world, tmp_path, ray_local, method, fixed):
+    """SMF and LoRA over two data-parallel workers: same optimizer steps, examples and effective
+    batch as full FT's two-worker run above and as any one-worker run (tests/test_invariants.py)."""
+    spec = _spec(tiny_world, tmp_path, {method: {"fixed": fixed, "resources": {"workers": 2, "cpus_per_worker": 1}}},
+                 max_steps=3)
+    base = _compute_base(spec.model, probe_specs(spec), 8, False, spec.train["precision"])
+    out = run_trial(spec, method, {}, 0, base, name=f"{method}2")
+    assert (out["train/optimizer_steps"], out["train/examples_seen"], out["train/effective_batch"]) == (3, 24, 8)
 
 
 def test_killed_worker_resumes_from_its_checkpoint(tiny_world, tmp_path, ray_local):
     spec = _spec(tiny_world, tmp_path, {"lora": {"resources": {"workers": 1, "cpus_per_worker": 1}}},
                  max_steps=8, checkpoint_every=2)
-    base = _compute_base(spec.model, probe_specs(spec), 8, False)
+    base = _compute_base(spec.model, probe_specs(spec), 8, False, spec.train["precision"])
     marker = tmp_path / "killed.json"
     out = run_trial(spec, "lora", {}, 0, base, name="resume",
                     extra={"debug_dir": str(tmp_path / "dbg"), "fault": {"step": 4, "marker": str(marker)}})
