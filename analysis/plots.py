@@ -135,7 +135,7 @@ def _strip(ax, smf: pd.DataFrame, col: str, selectors: list, ylabel: str) -> Non
 
 
 def selectors_png(fin: pd.DataFrame, title: str, path) -> None:
-    smf = fin[(fin["method"] == "smf") & fin["selector"].notna()]
+    smf = fin[(fin["algorithm"] == "smf") & fin["selector"].notna()]
     fig = _figure("selectors")
     axes = fig.subplots(1, 4)
     cols = [(GAIN, "MedMCQA gain (pp)  ↑"), ("forgetting", "forgetting  ↓"),
@@ -179,7 +179,7 @@ def _by_param(ax, smf: pd.DataFrame, pcol: str, ycol: str, selectors: list, xlab
 
 
 def memory_png(fin: pd.DataFrame, title: str, path) -> None:
-    smf = fin[fin["method"] == "smf"]
+    smf = fin[fin["algorithm"] == "smf"]
     selectors = ordered(smf["selector"].unique(), SELECTOR_ORDER)
     fig = _figure("memory")
     axes = fig.subplots(2, 2)

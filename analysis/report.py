@@ -155,7 +155,7 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
                                 bad["failure_reason"], bad["run_id"])])
     else:
         lines.append("None.")
-    smf = fin[fin["method"] == "smf"]
+    smf = fin[fin["algorithm"] == "smf"]        # every SMF arm (the study's recipe, ours, zero_values)
     lines += ["", "## Row selectors (SMF)", "",
               "All finished SMF trials per selector (configs differ between trials, so read"
               " differences of means as indicative); tf and random are controls.", ""]

@@ -26,7 +26,7 @@ TASKS = {"medmcqa": "acc", "wikitext": "ppl", "triviaqa": "acc"}  # task -> kind
 PROBE_COLS = [f"{t}/{s}" for t in TASKS for s in ("before", "after", "delta")]
 RETROFIT_COLS = [f"retrofit/{t}" for t in TASKS]
 COLUMNS = (["run_id", "parent_run_id", "run_name", "trial_id", "status", "failure_reason",
-            "method", "selector", "seed", "default_point", "spec_hash", "start_time", "end_time",
+            "method", "algorithm", "selector", "seed", "default_point", "spec_hash", "start_time", "end_time",
             "config", "config_key", GAIN, COST] + PROBE_COLS + RETROFIT_COLS)
 # always shown in a trial's short config (when the trial has them), then whatever else varies
 KEY_PARAMS = ["lr", "smf.selector", "smf.n_keys", "smf.top_t", "smf.k", "smf.insertion",
@@ -93,8 +93,9 @@ def _as_int(v):
 
 def _row(run) -> dict:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    method = tags.get("method") or params.get("method")
-    selector = tags.get("selector") or (params.get("smf.selector") if method == "smf" else None)
+    method = tags.get("method") or params.get("method")            # the arm (its name in the spec)
+    algorithm = tags.get("algorithm") or method                    # the registered method it runs
+    selector = tags.get("selector") or (params.get("smf.selector") if algorithm == "smf" else None)
     seed = tags.get("seed", params.get("seed"))
     row = {
         "run_id": run.info.run_id,
@@ -104,6 +105,7 @@ def _row(run) -> dict:
         "status": run.info.status,
         "failure_reason": tags.get("failure_reason"),
         "method": method,
+        "algorithm": algorithm,
         "selector": selector,
         "seed": _as_int(seed),
         "default_point": _as_bool(tags.get("smf_sweep.default_point", "false")),
@@ -144,9 +146,10 @@ def _is_seed(key: str) -> bool:
 def _configs(df: pd.DataFrame, ignore: frozenset = frozenset()) -> None:
     """config_key (all params but seeds, `ignore` and other methods' params) and a short `config`."""
     methods = {m for m in df["method"].dropna().unique()}
+    algorithms = {a for a in df["algorithm"].dropna().unique()}
     own = []
-    for m, p in zip(df["method"], df["_params"]):
-        others = tuple(f"{o}." for o in methods if o != m)
+    for a, p in zip(df["algorithm"], df["_params"]):      # params are named by algorithm: smf.n_keys
+        others = tuple(f"{o}." for o in algorithms if o != a)
         own.append({k: v for k, v in p.items() if not _is_seed(k) and k != "method"
                     and k not in ignore and not k.startswith(others)})
     df["config_key"] = [f"{m}|" + ";".join(f"{k}={v}" for k, v in sorted(p.items()))

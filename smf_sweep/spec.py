@@ -56,6 +56,10 @@ class Resources:
 
 @dataclass
 class MethodSpec:
+    """One arm of the sweep. Its key names it (in Optuna, MLflow and the plots); `method` is the
+    registered method it runs — two arms of one method differ in `fixed` (e.g. the study's SMF
+    recipe against ours)."""
+    method: str | None = None                                   # registered method; None = the arm's key
     fixed: dict[str, Any] = field(default_factory=dict)        # method/train fields held constant
     search: dict[str, Param] = field(default_factory=dict)     # searched fields
     points: list[dict[str, Any]] = field(default_factory=list)  # configs evaluated first (the study's)
@@ -125,6 +129,10 @@ class Spec:
     # ---- derived ----
     def sweep_dir(self) -> Path:
         return Path(self.storage) / self.name
+
+    def algorithm(self, arm: str) -> str:
+        """The registered method (smf, lora, full) that arm `arm` runs."""
+        return self.methods[arm].method or arm
 
     def spec_hash(self) -> str:
         d = dataclasses.asdict(self)
@@ -303,12 +311,12 @@ def split_params(method: str, params: dict[str, Any]) -> tuple[dict, dict]:
     return {k: v for k, v in params.items() if k in mf}, {k: v for k, v in params.items() if k in tf}
 
 
-def build_configs(spec: Spec, method: str, params: dict[str, Any]):
-    """The method config and TrainConfig of one trial: spec.train ← method.fixed ← params."""
-    ms = spec.methods[method]
-    m, t = split_params(method, {**ms.fixed, **params})
+def build_configs(spec: Spec, arm: str, params: dict[str, Any]):
+    """The method config and TrainConfig of one trial of `arm`: spec.train ← the arm's fixed ← params."""
+    algo = spec.algorithm(arm)
+    m, t = split_params(algo, {**spec.methods[arm].fixed, **params})
     tcfg = TrainConfig(**{**spec.train, **t})
-    return METHODS[method].Config(**m), tcfg
+    return METHODS[algo].Config(**m), tcfg
 
 
 def validate(spec: Spec) -> None:
@@ -322,9 +330,13 @@ def validate(spec: Spec) -> None:
         raise _err("methods", f"at least one method is needed; known: {', '.join(METHODS.names())}")
     for name, ms in spec.methods.items():
         where = f"methods.{name}"
-        if name not in METHODS:
-            raise _err(where, f"unknown method {name!r}; known: {', '.join(METHODS.names())}")
-        mf, tf = method_fields(name)
+        if spec.algorithm(name) not in METHODS:
+            key = f"{where}.method" if ms.method else where
+            raise _err(key, f"unknown method {spec.algorithm(name)!r}; known: {', '.join(METHODS.names())}"
+                            + ("" if ms.method else f" (an arm of another name says which: method: smf)"))
+        if "." in name:
+            raise _err(where, "an arm's name cannot contain '.' (it prefixes its parameters: <arm>.lr)")
+        mf, tf = method_fields(spec.algorithm(name))
         clash = mf & tf
         assert not clash, f"method {name} config fields clash with TrainConfig: {clash}"
         allowed = sorted(mf | tf)

@@ -38,7 +38,8 @@ def cache_dir(spec: Spec) -> Path:
 def worker_config(spec: Spec, method: str, params: dict, seed: int) -> dict:
     mcfg, tcfg = build_configs(spec, method, params)
     from dataclasses import asdict
-    return {"model": spec.model, "method": method, "method_cfg": asdict(mcfg), "train": tcfg.to_dict(),
+    return {"model": spec.model, "method": spec.algorithm(method), "arm": method, "method_cfg": asdict(mcfg),
+            "train": tcfg.to_dict(),
             "seed": seed, "data": {"task": spec.data.task, "retrofit": spec.data.retrofit},
             "probes": probe_specs(spec), "probe_batch_size": spec.probe_batch_size,
             "cache_dir": str(cache_dir(spec)), "threads": spec.threads_per_worker}

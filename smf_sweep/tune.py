@@ -130,11 +130,12 @@ class Describe:
         seed = self.spec.seeds[0] if seed is None else seed
         mcfg, tcfg = build_configs(self.spec, method, params)
         p = {"method": method, "seed": str(seed), "lr": str(tcfg.lr),
-             **flatten(dataclasses.asdict(mcfg), f"{method}."),
+             **flatten(dataclasses.asdict(mcfg), f"{self.spec.algorithm(method)}."),   # smf.n_keys for every SMF arm
              **{k: v for k, v in flatten(tcfg.to_dict(), "train.").items() if k != "train.lr"}}   # lr: above
         config = config.get("point", config)
         point = {k: v for k, v in config.items() if k == "method" or k.startswith(method + ".")}
-        tags = {"method": method, "seed": str(seed), "spec_hash": self.spec.spec_hash(),
+        tags = {"method": method, "algorithm": self.spec.algorithm(method), "seed": str(seed),
+                "spec_hash": self.spec.spec_hash(),
                 "smf_sweep.default_point": str(point in self.points).lower(),
                 "stage": config.get("stage", "search")}
         if hasattr(mcfg, "selector"):
