@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smf_sweep.spec import SpecError, build_configs, load_spec
+from smf_sweep.spec import SpecError, build_configs, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -29,7 +29,7 @@ def test_shipped_specs_cover_the_study():
     assert {"pareto", "smoke"} <= names
     for stem in ("pareto", "smoke"):
         spec = load_spec(ROOT / "search_spaces" / f"{stem}.yaml")
-        assert set(spec.methods) == {"smf", "lora", "full"}
+        assert {spec.algorithm(a) for a in spec.methods} == {"smf", "lora", "full"}
         assert set(spec.methods["smf"].search["selector"].values) >= {"kl", "tfidf"}
         assert [o.name for o in spec.objectives] == ["medmcqa_gain_pp", "forgetting"]
 
@@ -41,6 +41,37 @@ def test_pareto_points_are_the_studys_settings():
     assert smf["kl"]["top_t"] == 512 and smf["kl"]["n_keys"] == 128 and smf["kl"]["lr"] == 5e-4
     assert spec.methods["lora"].points[0] == {"rank": 16, "alpha": 32, "lr": 2e-4}
     assert spec.methods["full"].points[0]["lr"] == 5e-5
+
+
+def test_pareto_study_arm_is_the_studys_recipe_and_ours_is_separate():
+    """The study's points run the study's code path exactly (SMF_SPEC §4, §7); ours and
+    zero_values are separate, named arms at the same points."""
+    spec = load_spec(ROOT / "search_spaces" / "pareto.yaml")
+    study = [build_configs(spec, "smf_study", pt)[0] for pt in spec.methods["smf_study"].points]
+    assert {m.selector for m in study} == {"kl", "tfidf"}
+    for m in study:
+        assert (m.optimizer, m.count_padding, m.granularity, m.mode) == ("adamw_leaky", True, "micro", "additive")
+        assert (m.n_keys, m.k, m.top_t, m.layers) == (128, 16, 512, (6, 12, 18))
+    ours = build_configs(spec, "smf", spec.methods["smf"].points[0])[0]
+    assert (ours.optimizer, ours.count_padding, ours.mode) == ("adamw", False, "additive")
+    zero = build_configs(spec, "smf_zero", spec.methods["smf_zero"].points[0])[0]
+    assert zero.mode == "zero_values" and not zero.needs_retrofit
+    assert spec.train["effective_batch"] == 16 and spec.train["precision"] == "bf16"
+    assert not spec.train["append_eos"]
+
+
+def test_an_arm_names_a_registered_method(tmp_path):
+    raw = {"name": "t", "model": str(tmp_path), "storage": str(tmp_path), "data": {"task": str(tmp_path),
+           "retrofit": str(tmp_path), "triviaqa": str(tmp_path), "wikitext": str(tmp_path)},
+           "methods": {"smf_x": {"fixed": {"mode": "zero_values"}}}}
+    with pytest.raises(SpecError, match=r"methods\.smf_x: unknown method 'smf_x'.*method: smf"):
+        parse_spec(raw)
+    raw["methods"]["smf_x"]["method"] = "smff"
+    with pytest.raises(SpecError, match=r"methods\.smf_x\.method: unknown method 'smff'"):
+        parse_spec(raw)
+    raw["methods"]["smf_x"]["method"] = "smf"
+    spec = parse_spec(raw)
+    assert spec.algorithm("smf_x") == "smf" and build_configs(spec, "smf_x", {})[0].mode == "zero_values"
 
 
 def _write(tmp_path, text: str) -> Path:
