@@ -82,6 +82,7 @@ SIZES = {
 NULL_LR, NULL_STEPS, NULL_TOL = 1e-30, 2, 1e-3
 METHOD_CHECKS = ("smf_kl", "smf_tfidf", "lora", "full")
 NULL_METHODS = ("smf", "lora", "full")
+STUDY_SMF_ARM = "smf_study"   # pareto.yaml's arm with the study's SMF recipe (adamw_leaky, padding counted, additive)
 COUNTERS = ("train/optimizer_steps", "train/examples_seen", "train/effective_batch")
 NEVER_IMPORTED = ("ray", "mlflow", "optuna")     # absent on the GPU machine
 REQUIRED = ("torch", "transformers", "tokenizers", "safetensors", "peft", "datasets", "deepspeed", "pyyaml")
@@ -372,14 +373,15 @@ class Rehearsal:
 
         spec, _ = self.spec(self.precision)
         method = name.split("_")[0]
+        arm = STUDY_SMF_ARM if method == "smf" else method     # SMF: the study's recipe exactly (pareto.yaml)
         if method == "smf":
             sel = name.split("_")[1]
-            points = spec.methods["smf"].points
+            points = spec.methods[arm].points
             params = next((dict(p) for p in points if p.get("selector") == sel), None) \
-                or trial_params(spec, "smf", [f"selector={sel}"])
+                or trial_params(spec, arm, [f"selector={sel}"])
         else:
-            params = trial_params(spec, method, [])
-        final, out, ckpts = self._run(name, method, params, self.precision)
+            params = trial_params(spec, arm, [])
+        final, out, ckpts = self._run(name, arm, params, self.precision)
         figs = self._figures(final, out, params, method)
         figs["checkpoints"] = ckpts
         problems = []
