@@ -1,6 +1,6 @@
 """THE training loop: every method, and SMF's dense retrofit, run through `run_stage`.
 
-Methods change it only through their Setup (methods/base.py): what trains, the stepper
+Methods change it only through their Setup (stage.py, the loop's contract): what trains, the stepper
 (optimizer, clipping, schedule; DeepSpeed for full FT) and hooks around backward/step (SMF's
 access counting and row selection). There is no other loop in the project
 (tests/test_train_loop.py checks that no other module calls backward() or optimizer.step()).
@@ -8,11 +8,9 @@ access counting and row selection). There is no other loop in the project
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -20,63 +18,8 @@ import torch
 import torch.distributed as dist
 
 from .batching import Batcher
-from .methods.base import Setup
-from .precision import PRECISIONS, autocast
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 5e-4                  # QWEN's SMF lr; each method's search space overrides it
-    epochs: float = 3.0               # QWEN: 3 epochs
-    max_steps: int | None = None      # cap on optimizer steps (smoke runs); None = epochs decide
-    micro_batch_size: int = 4         # QWEN: micro-batch 4 per worker …
-    effective_batch: int = 16         # … examples per optimizer step, whatever the worker count (QWEN 16);
-                                      # accumulation = effective_batch / (micro_batch_size × workers)
-    max_len: int = 1024               # QWEN: max_len 1024 tokens
-    warmup_steps: int = 100           # QWEN: cosine with 100 warmup steps
-    lr_floor: float = 0.0             # cosine decays to lr · lr_floor
-    weight_decay: float = 0.0         # QWEN SMF: AdamW wd 0 (LIN full FT: 0.1, set per method)
-    grad_clip: float = 1.0            # QWEN: grad clip 1.0
-    loss_on: str = "all"              # "all" non-pad tokens (QWEN) or "answer" (the completion only)
-    append_eos: bool = False          # QWEN appends no EOS to training text; True trains on one per example
-    precision: str = "auto"           # fp32, or bf16 = bf16 autocast over fp32 weights (GPU: HF Trainer's bf16);
-                                      # auto: the spec resolves it once (bf16 if any method uses GPUs)
-    checkpoint_every: int = 0         # optimizer steps between checkpoints; 0 = never
-    log_every: int = 10               # optimizer steps between metric reports
-    train_limit: int | None = None    # QWEN: 60k single-choice rows after a shuffle with the trial's seed (None = all)
-
-    def __post_init__(self):
-        checks = [(self.lr > 0, "lr must be > 0"), (self.epochs > 0, "epochs must be > 0"),
-                  (self.micro_batch_size >= 1, "micro_batch_size must be >= 1"),
-                  (self.effective_batch >= self.micro_batch_size and self.effective_batch % self.micro_batch_size == 0,
-                   f"effective_batch ({self.effective_batch}) must be a multiple of micro_batch_size "
-                   f"({self.micro_batch_size})"),
-                  (self.max_len >= 8, "max_len must be >= 8"),
-                  (self.warmup_steps >= 0, "warmup_steps must be >= 0"), (self.log_every >= 1, "log_every must be >= 1"),
-                  (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0 = never)"),
-                  (self.loss_on in ("all", "answer"), "loss_on must be 'all' or 'answer'"),
-                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
-                  (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 or null")]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"train: {msg}")
-
-    def accumulation(self, world_size: int = 1) -> int:
-        """Micro-batches per optimizer step on each worker, so that every step sees `effective_batch`
-        examples for any worker count (a spec error, before Ray starts, if it does not divide)."""
-        per_round = self.micro_batch_size * world_size
-        if self.effective_batch % per_round:
-            raise ValueError(f"train: effective_batch {self.effective_batch} is not a multiple of micro_batch_size "
-                             f"{self.micro_batch_size} × {world_size} workers")
-        return self.effective_batch // per_round
-
-    def total_steps(self, steps_per_epoch: int) -> int:
-        """Optimizer steps of the stage: `epochs` passes of `steps_per_epoch`, capped by max_steps."""
-        n = max(1, math.ceil(self.epochs * steps_per_epoch))
-        return min(n, self.max_steps) if self.max_steps else n
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .precision import autocast
+from .stage import Setup, TrainConfig
 
 
 class NonFiniteLoss(RuntimeError):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_harness_variants_equal_lm_eval(world):
-    out = subprocess.run([sys.executable, "-m", "smf_sweep.probes.parity", "--world", str(world),
+    out = subprocess.run([sys.executable, "-m", "smf_sweep.parity", "--world", str(world),
                           "--json"], capture_output=True, text=True, timeout=900)
     assert out.returncode in (0, 1), out.stderr[-3000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

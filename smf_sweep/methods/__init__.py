@@ -4,7 +4,7 @@
     method = METHODS["lora"]            # an object with .name, .Config and .setup(model, cfg, ctx)
 """
 from ..registry import Registry
-from .base import Hooks, Method, Setup, SetupContext, TorchStepper, cosine_schedule, warmup_cosine
+from .base import Method, SetupContext
 from .full import Full
 from .lora import Lora
 from .smf import SMF
@@ -13,4 +13,4 @@ METHODS: Registry = Registry("method")
 for _m in (SMF(), Lora(), Full()):
     METHODS.register(_m.name)(_m)
 
-__all__ = ["METHODS", "Hooks", "Method", "Setup", "SetupContext", "TorchStepper", "cosine_schedule", "warmup_cosine"]
+__all__ = ["METHODS", "Method", "SetupContext"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..precision import resolve
-from .base import Setup, SetupContext, cosine_schedule
+from ..stage import Setup, cosine_schedule
+from .base import SetupContext
 
 
 @dataclass

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Setup, SetupContext, TorchStepper, cosine_schedule
+from ..stage import Setup, TorchStepper, cosine_schedule
+from .base import SetupContext
 
 STUDY_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -24,7 +24,8 @@ from ..precision import autocast
 from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
                       compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
                       save_memory)
-from .base import Hooks, Setup, SetupContext, TorchStepper, cosine_schedule
+from ..stage import Hooks, Setup, TorchStepper, TrainConfig, cosine_schedule
+from .base import SetupContext
 
 
 @dataclass
@@ -140,7 +141,6 @@ class SMF:
     def _retrofit(self, model, cfg: SMFConfig, ctx: SetupContext, base_fp: str) -> dict:
         from ..batching import Batcher, text_examples
         from ..data import oasst1_texts
-        from ..train_loop import TrainConfig
 
         rt = TrainConfig(lr=cfg.retrofit_lr, epochs=cfg.retrofit_epochs, max_steps=cfg.retrofit_max_steps,
                          micro_batch_size=cfg.retrofit_micro_batch_size, effective_batch=cfg.retrofit_effective_batch,

@@ -1,6 +1,6 @@
 """Compare the `harness` probe variants with lm-evaluation-harness itself, on the same model and data.
 
-    python -m smf_sweep.probes.parity [--world DIR] [--tasks ...] [--limit N] [--json]
+    python -m smf_sweep.parity [--world DIR] [--tasks ...] [--limit N] [--json]
 
 Runs lm_eval's own `medmcqa`, `triviaqa` and `wikitext` tasks (their YAMLs, utils and HFLM, only the
 dataset path pointed at local files in the real schemas) and this package's `*:harness` probes on
@@ -99,8 +99,8 @@ def run_harness(model_dir: Path, data_dir: Path, tasks: Sequence[str], limit: in
 
 def run_ours(model_dir: Path, data_dir: Path, tasks: Sequence[str], limit: int | None,
              batch_size: int) -> dict[str, Any]:
-    from ..models import load_model, load_tokenizer
-    from . import make_probe
+    from .models import load_model, load_tokenizer
+    from .probes import make_probe
 
     model = load_model(model_dir, dtype="float32", device="cpu")
     tok = load_tokenizer(model_dir)
@@ -144,7 +144,7 @@ def compare(ours: dict[str, Any], theirs: dict[str, dict[str, Any]], tol: float)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m smf_sweep.probes.parity", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m smf_sweep.parity", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=Path, help="an embedded world's directory (default: build or reuse the "
                    "default world)")
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _lm_eval()                                        # fail before building anything
     if args.world is None:
-        from ..world.build import build_world
+        from .world.build import build_world
         args.world = build_world(progress=True)
     world = Path(args.world)
     model_dir, data_dir = world / "model", world / "data"
