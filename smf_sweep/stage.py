@@ -5,6 +5,8 @@ contract, which methods build on (methods/*.py) and the world's pretraining uses
     Setup          what trains: the model, its Stepper, Hooks, and the model to probe afterwards
     Stepper        backward / micro_step / step / lr / save / load (TorchStepper; DeepSpeed in full.py)
     Hooks          a method's code around backward/step (SMF: access counting, row selection)
+    Stage          one stage of a method (Method.stages): training (a Training: Setup, Batcher,
+                   TrainConfig), possibly a cache entry (StageCache), or a no-grad pass
 
 The loop only ever calls a Setup's pieces, in this order, per optimizer step:
 
@@ -21,12 +23,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 from torch import nn
 
 from .precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from .batching import Batcher
 
 
 @dataclass
@@ -180,3 +185,41 @@ class Setup:
     hooks: Hooks = field(default_factory=Hooks)
     trainable: int = 0                         # number of trainable parameters (logged)
     info: dict[str, Any] = field(default_factory=dict)   # anything the method wants logged once
+
+
+# ---- a method's stages (Method.stages), run in order by train_loop.run_stages -------------------
+@dataclass
+class Training:
+    """A training stage's pieces, built when the stage starts (after the stages before it ran)."""
+    setup: Setup
+    batcher: Batcher | None = None        # None only in a method's last stage: the trial's task data
+    cfg: TrainConfig | None = None        # None only in a method's last stage: the trial's TrainConfig
+    total_steps: int | None = None        # None: cfg.total_steps(batcher.steps_per_epoch)
+
+
+@dataclass
+class StageCache:
+    """A training stage whose result is a content-addressed entry (cache.get_or_create): trained only
+    on a miss, on every rank (the loop's collectives need them all); then `write(tmp)` on rank 0 under
+    the entry's lock; `load(path)` on every rank, hit or miss."""
+    root: Path
+    key: str
+    write: Callable[[Path], None]
+    load: Callable[[Path], None]
+
+
+@dataclass
+class Stage:
+    """One stage of a method: training through THE loop (`train()` builds its Training when the stage
+    starts) or a no-grad pass (`run()`, e.g. SMF's background statistics). A method's last stage is
+    the trial's own (named "train"): the worker trains its Setup on the task data, with checkpoints."""
+    name: str
+    train: Callable[[], Training] | None = None
+    run: Callable[[], None] | None = None
+    cache: StageCache | None = None       # training stages only
+
+    def __post_init__(self):
+        if (self.train is None) == (self.run is None):
+            raise ValueError(f"stage {self.name}: give train (a training stage) or run (a pass), not both")
+        if self.cache is not None and self.train is None:
+            raise ValueError(f"stage {self.name}: only a training stage is cached here (a pass caches itself)")

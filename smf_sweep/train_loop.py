@@ -1,4 +1,6 @@
-"""THE training loop: every method, and SMF's dense retrofit, run through `run_stage`.
+"""THE training loop: every method, and SMF's dense retrofit, run through `run_stage`; a method's
+stages (Method.stages: SMF's retrofit and background pass before its sparse training) run in order
+through `run_stages`, called by the worker.
 
 Methods change it only through their Setup (stage.py, the loop's contract): what trains, the stepper
 (optimizer, clipping, schedule; DeepSpeed for full FT) and hooks around backward/step (SMF's
@@ -7,6 +9,7 @@ access counting and row selection). There is no other loop in the project
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import tempfile
@@ -18,8 +21,9 @@ import torch
 import torch.distributed as dist
 
 from .batching import Batcher
+from .cache import get_or_create
 from .precision import autocast
-from .stage import Setup, TrainConfig
+from .stage import Setup, Stage, TrainConfig, Training
 
 
 class NonFiniteLoss(RuntimeError):
@@ -115,3 +119,38 @@ def _checkpoint(setup: Setup, stage: str, step: int) -> Path:
     setup.stepper.save(path)
     (path / "loop.json").write_text(json.dumps({"step": step, "stage": stage}))
     return path
+
+
+def run_stages(stages: list[Stage], report: Reporter | None = None, *, device: torch.device = torch.device("cpu"),
+               rank: int = 0, world_size: int = 1, run: Callable[..., dict] | None = None) -> Training:
+    """Run a method's stages (Method.stages) in order, all but the last, and return the last one's
+    Training: the caller trains it on the trial's task data (the worker, with checkpoints and resume).
+
+    A training stage goes through `run_stage` (metrics to `report`; `run` stands in for it in tests);
+    a cached one (StageCache) trains only on a miss — on every rank — then rank 0 writes the entry and
+    every rank loads it; a pass calls `stage.run()`."""
+    if not stages or stages[-1].train is None or stages[-1].cache is not None:
+        raise ValueError("a method's last stage is the trial's training stage (train=…, not cached)")
+    run = run or functools.partial(run_stage, report=report or (lambda m, c: None), device=device, rank=rank,
+                                   world_size=world_size)
+    for st in stages[:-1]:
+        if st.run is not None:
+            st.run()
+        elif st.cache is None:
+            _train(st, run)
+        else:
+            c = st.cache
+            path = get_or_create(c.root, c.key, c.write, compute=functools.partial(_train, st, run),
+                                 rank=rank, world_size=world_size)
+            c.load(path)
+    return stages[-1].train()
+
+
+def _train(st: Stage, run: Callable[..., dict]) -> None:
+    t = st.train()
+    if t.batcher is None or t.cfg is None:
+        raise ValueError(f"stage {st.name}: a stage before the trial's own names its batcher and TrainConfig")
+    if t.cfg.checkpoint_every:
+        raise ValueError(f"stage {st.name}: only the trial's stage checkpoints (a restarted trial reruns the "
+                         f"others, or loads them from the cache)")
+    run(t.setup, t.batcher, t.cfg, stage=st.name, total_steps=t.total_steps)

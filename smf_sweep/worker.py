@@ -1,11 +1,11 @@
-"""The Ray Train worker function of a trial: load the base model and the task data, let the method
-set itself up, run THE loop (train_loop.run_stage), probe the result on rank 0, report.
+"""The Ray Train worker function of a trial: load the base model and the task data, run the method's
+stages through THE loop (train_loop.run_stages: SMF's retrofit and background pass), train its last
+stage on the task data (train_loop.run_stage, with checkpoints and resume), probe on rank 0, report.
 
 Runs under `TorchTrainer` (each worker) or in-process (`train_worker(config, reporter=...)`) for
 tests. `config` is plain JSON-able data (see trial.worker_config)."""
 from __future__ import annotations
 
-import functools
 import json
 import random
 import tempfile
@@ -21,7 +21,7 @@ from .data import medmcqa_train_subset
 from .methods import METHODS, SetupContext
 from .models import load_model, load_tokenizer
 from .precision import resolve as resolve_precision
-from .train_loop import NonFiniteLoss, TrainConfig, run_stage
+from .train_loop import NonFiniteLoss, TrainConfig, run_stage, run_stages
 
 Reporter = Callable[[dict, "Path | None"], None]
 
@@ -99,10 +99,8 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     total = tcfg.total_steps(batcher.steps_per_epoch)
     probes = config.get("probes", [])
     pbs = int(config.get("probe_batch_size", 16))
-    stage_runner = functools.partial(run_stage, report=reporter, device=device, rank=rank, world_size=world)
     ctx = SetupContext(tokenizer=tok, train=tcfg, total_steps=total, device=device, seed=seed, rank=rank,
                        world_size=world, cache_dir=Path(config["cache_dir"]) if config.get("cache_dir") else None,
-                       run_stage=lambda setup, b, cfg, **kw: stage_runner(setup, b, cfg, **kw),
                        probe=(lambda m: probe_results(m, tok, probes, pbs, tcfg.precision)) if probes else None,
                        data=dict(config["data"]))
     resume = Path(ckpt.to_directory()) if ckpt is not None else None
@@ -117,7 +115,8 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
         with open(d / "starts.jsonl", "a") as f:
             f.write(json.dumps({"rank": rank, "start_step": start}) + "\n")
     try:
-        setup = method.setup(model, mcfg, ctx)
+        # the method's stages before its last (metrics reported as <stage>/…), then the trial's own
+        setup = run_stages(method.stages(model, mcfg, ctx), reporter, device=device, rank=rank, world_size=world).setup
         t_train = time.perf_counter()
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
                          rank=rank, world_size=world, resume_dir=resume, progress=config.get("progress", False))

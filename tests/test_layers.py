@@ -61,7 +61,8 @@ def test_the_layer_list_is_well_formed():
 def test_every_module_belongs_to_a_layer():
     known = set().union(*layers())
     units = {unit(".".join(p.relative_to(ROOT).with_suffix("").parts)) for p in modules()} - {"", "__init__"}
-    assert not units - known, f"modules in no layer of docs/contracts.md: {sorted(units - known)}"
+    assert not units - known, (f"modules in no layer: {sorted(units - known)}; put each on the line of "
+                               f"docs/contracts.md's Layers section that its imports allow")
 
 
 def test_imports_run_down_the_layers():

@@ -125,10 +125,69 @@ def test_there_is_one_training_loop():
                 offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, f"training steps outside the one loop: {offenders}"
     loop = (PKG / "train_loop.py").read_text()
-    assert loop.count("def run_stage(") == 1
+    assert loop.count("def run_stage(") == 1 and loop.count("def run_stages(") == 1
     assert "run_stage" in (PKG / "world" / "pretrain.py").read_text()
-    for method in ("smf.py", "lora.py", "full.py"):
-        assert "run_stage" not in (PKG / "methods" / method).read_text().replace("ctx.run_stage", "")
+    for method in ("smf.py", "lora.py", "full.py"):      # methods declare stages; the worker runs them
+        assert "run_stage" not in (PKG / "methods" / method).read_text()
+    assert "run_stages(method.stages(" in (PKG / "worker.py").read_text()
+
+
+def test_run_stages_runs_passes_trains_and_caches_in_order(tmp_path):
+    """A pass runs, an uncached stage trains, a cached stage trains only on a miss (then write, load),
+    and the last stage is returned untrained, for the caller's task data."""
+    from smf_sweep.stage import Setup, Stage, StageCache, TrainConfig, Training
+    from smf_sweep.train_loop import run_stages
+
+    events = []
+    cfg = TrainConfig(max_steps=2)
+
+    def training(name):
+        return lambda: events.append(f"build {name}") or Training(Setup(model=None, stepper=None, export=None),
+                                                                   batcher=name, cfg=cfg)
+
+    def write(tmp):
+        events.append("write")
+        (tmp / "x").write_text("1")
+
+    def stages():
+        return [Stage("warm", train=training("warm")), Stage("pass", run=lambda: events.append("pass")),
+                Stage("cached", train=training("cached"),
+                      cache=StageCache(tmp_path, "k", write, lambda p: events.append(f"load {p.name}"))),
+                Stage("train", train=training("task"))]
+
+    def run(setup, batcher, cfg, *, stage, total_steps):
+        events.append(f"train {stage} on {batcher}")
+
+    last = run_stages(stages(), run=run)
+    assert last.batcher == "task"
+    assert events == ["build warm", "train warm on warm", "pass", "build cached", "train cached on cached",
+                      "write", "load k", "build task"]
+    events.clear()
+    run_stages(stages(), run=run)                    # the entry exists: load, no training
+    assert events == ["build warm", "train warm on warm", "pass", "load k", "build task"]
+    with pytest.raises(ValueError, match="last stage"):
+        run_stages(stages()[:-1], run=run)
+    with pytest.raises(ValueError, match="only the trial's stage checkpoints"):
+        run_stages([Stage("r", train=lambda: Training(Setup(None, None, None), "b", TrainConfig(checkpoint_every=5))),
+                    Stage("train", train=training("task"))], run=run)
+
+
+@pytest.mark.parametrize("mode, selector, names", [("additive", "kl", ["retrofit", "background", "train"]),
+                                                   ("replace", "random", ["retrofit", "train"]),
+                                                   ("zero_values", "tfidf", ["background", "train"]),
+                                                   ("zero_values", "tf", ["train"])])
+def test_smf_declares_its_stages(tiny_world, tmp_path, mode, selector, names):
+    from smf_sweep.methods import METHODS, SetupContext
+    from smf_sweep.models import load_model, load_tokenizer
+    from smf_sweep.train_loop import TrainConfig
+
+    model = load_model(tiny_world / "model", dtype="float32", device="cpu")
+    ctx = SetupContext(load_tokenizer(tiny_world / "model"), TrainConfig(max_steps=2), 2, torch.device("cpu"),
+                       cache_dir=tmp_path, data={"retrofit": f"world:{tiny_world}"})
+    stages = METHODS["smf"].stages(model, METHODS["smf"].Config(**dict(SMF_TINY, mode=mode, selector=selector)), ctx)
+    assert [s.name for s in stages] == names
+    assert [s.cache is not None for s in stages] == [n == "retrofit" for n in names]
+    assert not any((tmp_path / d).exists() for d in ("retrofits", "background")), "stages() ran a stage"
 
 
 def test_retrofit_trains_memory_only_and_is_cached(tiny_world, tmp_path):
@@ -137,7 +196,7 @@ def test_retrofit_trains_memory_only_and_is_cached(tiny_world, tmp_path):
     from smf_sweep.memory import memory_layers
     from smf_sweep.methods import METHODS, SetupContext
     from smf_sweep.models import load_model, load_tokenizer
-    from smf_sweep.train_loop import TrainConfig, run_stage
+    from smf_sweep.train_loop import TrainConfig, run_stage, run_stages
 
     tok = load_tokenizer(tiny_world / "model")
     mcfg = METHODS["smf"].Config(**dict(SMF_TINY, mode="additive", selector="tfidf"))
@@ -151,8 +210,8 @@ def test_retrofit_trains_memory_only_and_is_cached(tiny_world, tmp_path):
         model = load_model(tiny_world / "model", dtype="float32", device="cpu")
         base = {n: p.detach().clone() for n, p in model.named_parameters()}
         ctx = SetupContext(tok, TrainConfig(lr=1e-2, max_steps=2), 2, torch.device("cpu"), cache_dir=tmp_path,
-                           run_stage=runner, data={"retrofit": f"world:{tiny_world}"})
-        setup = METHODS["smf"].setup(model, mcfg, ctx)
+                           data={"retrofit": f"world:{tiny_world}"})
+        setup = run_stages(METHODS["smf"].stages(model, mcfg, ctx), run=runner).setup
         return model, base, setup
 
     model, base, setup = setup_once()

@@ -1,5 +1,11 @@
-"""What a finetuning method is: a name, a typed config and `setup(model, cfg, ctx) -> Setup`, where
-Setup, its Stepper and Hooks are the loop's contract (`smf_sweep.stage`, below this layer).
+"""What a finetuning method is: a name, a typed config, and its stages.
+
+    stages(model, cfg, ctx) -> list[Stage]    what to run, in order; the last is the trial's training
+    setup(model, cfg, ctx)  -> Setup          that last stage's Setup, the stages before it run first
+
+The worker runs the stages through THE loop (train_loop.run_stages, then run_stage on the task data);
+a method's own code never calls the loop (`prepared`, below, runs the stages for tests and benches).
+Setup, Stage and the rest of the contract are the loop's (`smf_sweep.stage`, a layer below).
 """
 from __future__ import annotations
 
@@ -10,31 +16,41 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-# world/pretrain.py imports these three from here: the world's cache key hashes its source, so its
-# import line stays (a changed line rebuilds the world); everything else imports them from ..stage
-from ..stage import Setup, TorchStepper, warmup_cosine  # noqa: F401
+# world/pretrain.py imports Setup, TorchStepper and warmup_cosine from here: the world's cache key
+# hashes its source, so its import line stays (a changed line rebuilds the world); all else uses ..stage
+from ..stage import Setup, Stage, TorchStepper, warmup_cosine  # noqa: F401
 
 
 class Method(Protocol):
-    """A finetuning method: a name, a typed config class, and setup()."""
+    """A finetuning method: a name, a typed config class, its stages, and setup()."""
     name: str
     Config: type
+
+    def stages(self, model: nn.Module, cfg: Any, ctx: "SetupContext") -> list[Stage]: ...
 
     def setup(self, model: nn.Module, cfg: Any, ctx: "SetupContext") -> Setup: ...
 
 
+def prepared(method: Method, model: nn.Module, cfg: Any, ctx: "SetupContext") -> Setup:
+    """The Setup of `method`'s last stage, the stages before it run here first, through the loop and
+    quietly (tests, benches). A trial's worker runs them itself, reporting their metrics."""
+    from ..train_loop import run_stages
+
+    return run_stages(method.stages(model, cfg, ctx), device=ctx.device, rank=ctx.rank,
+                      world_size=ctx.world_size).setup
+
+
 @dataclass
 class SetupContext:
-    """What a method may use while setting up; given by the worker function."""
+    """What a method may use in its stages; given by the worker function."""
     tokenizer: Any
-    train: Any                      # TrainConfig of the stage being set up
-    total_steps: int
+    train: Any                      # the trial's TrainConfig (its last stage: training on the task data)
+    total_steps: int                # the trial's optimizer steps (schedules of the last stage)
     device: torch.device
     seed: int = 0
     rank: int = 0
     world_size: int = 1
     cache_dir: Path | None = None   # content-addressed caches shared by trials (retrofits, background stats)
-    run_stage: Callable[..., dict] | None = None   # the loop, for methods with a preliminary stage (SMF retrofit)
     probe: Callable[[nn.Module], dict] | None = None   # probe a model (rank 0), e.g. the retrofit checkpoint
     data: dict[str, str] = field(default_factory=dict)  # data sources by name (task, retrofit, …)
     report: Callable[[dict], None] | None = None

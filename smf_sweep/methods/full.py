@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..precision import resolve
-from ..stage import Setup, cosine_schedule
+from ..stage import Setup, Stage, Training, cosine_schedule
 from .base import SetupContext
 
 
@@ -86,6 +86,9 @@ class DeepSpeedStepper:
 class Full:
     name = "full"
     Config = FullConfig
+
+    def stages(self, model, cfg: FullConfig, ctx: SetupContext) -> list[Stage]:
+        return [Stage("train", train=lambda: Training(self.setup(model, cfg, ctx)))]
 
     def setup(self, model, cfg: FullConfig, ctx: SetupContext) -> Setup:
         import deepspeed

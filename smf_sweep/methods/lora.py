@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..stage import Setup, TorchStepper, cosine_schedule
+from ..stage import Setup, Stage, TorchStepper, Training, cosine_schedule
 from .base import SetupContext
 
 STUDY_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -34,6 +34,9 @@ class LoraConfig:
 class Lora:
     name = "lora"
     Config = LoraConfig
+
+    def stages(self, model, cfg: LoraConfig, ctx: SetupContext) -> list[Stage]:
+        return [Stage("train", train=lambda: Training(self.setup(model, cfg, ctx)))]
 
     def setup(self, model, cfg: LoraConfig, ctx: SetupContext) -> Setup:
         import peft

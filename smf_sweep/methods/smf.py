@@ -1,13 +1,13 @@
 """Sparse Memory Finetuning (SMF_SPEC §2–§4): product-key memory layers put into the pretrained
 model; each step trains only the value rows its batch reads most (by the chosen selector).
 
-setup() orchestrates the stages, each cached by content so trials share them:
-  1. insert memory (init seeded by the trial's seed);
-  2. `replace` / `additive`: dense retrofit of all memory parameters on general text, base frozen —
-     run by THE training loop (ctx.run_stage) — and probes of the retrofit checkpoint;
-     `zero_values` needs none (function-preserving at init);
-  3. background statistics (one no-grad pass over general text);
-  4. the sparse stage's Setup: values only, row-masked optimizer, SparseUpdater hooks.
+stages() puts the memory into the model (init seeded by the trial's seed) and returns, in order —
+the worker runs them through THE loop; the first two are cached by content so trials share them:
+  1. "retrofit" (`replace` / `additive`): dense training of all memory parameters on general text,
+     base frozen, then probes of the retrofit checkpoint; `zero_values` needs none
+     (function-preserving at init);
+  2. "background" (selectors kl, tfidf): background statistics, one no-grad pass over general text;
+  3. "train": the sparse stage — values only, row-masked optimizer, SparseUpdater hooks.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ from ..precision import autocast
 from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
                       compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
                       save_memory)
-from ..stage import Hooks, Setup, TorchStepper, TrainConfig, cosine_schedule
-from .base import SetupContext
+from ..stage import Hooks, Setup, Stage, StageCache, TorchStepper, TrainConfig, Training, cosine_schedule
+from .base import SetupContext, prepared
 
 
 @dataclass
@@ -110,35 +110,27 @@ class SMF:
     name = "smf"
     Config = SMFConfig
 
-    def setup(self, model, cfg: SMFConfig, ctx: SetupContext) -> Setup:
-        mem = cfg.memory()
+    def stages(self, model, cfg: SMFConfig, ctx: SetupContext) -> list[Stage]:
         base_fp = _model_fingerprint(model)
         gen = torch.Generator(device="cpu").manual_seed(ctx.seed)  # CPU draws: the same init on every device
-        insert_memory(model, mem, generator=gen)
+        insert_memory(model, cfg.memory(), generator=gen)
         model.to(ctx.device)
-        info: dict = {}
+        info: dict = {}                   # the retrofit's key and probes, logged with the trial
+        background: dict = {}             # the background pass's statistics, for the sparse stage
+        out = []
         if cfg.needs_retrofit:
-            info.update(self._retrofit(model, cfg, ctx, base_fp))
-        bg = self._background(model, cfg, ctx)
-        values = freeze_for_sparse(model)
-        opt = OPTIMIZERS[cfg.optimizer](values, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
-        stepper = TorchStepper(values, opt, cosine_schedule(opt, ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
-                               ctx.train.grad_clip, world_size=ctx.world_size)
-        reduce = None
-        if ctx.world_size > 1:
-            def reduce(c):
-                torch.distributed.all_reduce(c)
-                return c
-        updater = SparseUpdater(model, opt, cfg.selector, cfg.top_t, cfg.granularity, background=bg,
-                                count_padding=cfg.count_padding,
-                                generator=torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1),
-                                reduce_counts=reduce)
-        info.update(slots_per_layer=mem.n_slots, memory_layers=list(mem.layers))
-        return Setup(model=model, stepper=stepper, export=lambda: model, hooks=_SparseHooks(updater),
-                     trainable=sum(v.numel() for v in values), info=info)
+            out.append(self._retrofit(model, cfg, ctx, base_fp, info))
+        if cfg.selector in ("kl", "tfidf"):
+            out.append(Stage("background", run=lambda: background.update(stats=self._background(model, cfg, ctx))))
+        out.append(Stage("train", train=lambda: Training(self._sparse(model, cfg, ctx, background.get("stats"), info))))
+        return out
 
-    # -- stage 2: dense retrofit, cached ------------------------------------------------------------
-    def _retrofit(self, model, cfg: SMFConfig, ctx: SetupContext, base_fp: str) -> dict:
+    def setup(self, model, cfg: SMFConfig, ctx: SetupContext) -> Setup:
+        """The sparse stage's Setup, after the retrofit and background pass (run here, quietly)."""
+        return prepared(self, model, cfg, ctx)
+
+    # -- stage 1: dense retrofit, a cached training stage ---------------------------------------------
+    def _retrofit(self, model, cfg: SMFConfig, ctx: SetupContext, base_fp: str, info: dict) -> Stage:
         from ..batching import Batcher, text_examples
         from ..data import oasst1_texts
 
@@ -151,7 +143,7 @@ class SMF:
         key = _digest("retrofit", base_fp, cfg.memory().to_dict(), source, rt.to_dict(), ctx.seed, ctx.world_size)
         steps: dict = {}
 
-        def train():  # every rank: the stage's collectives need them all
+        def train() -> Training:  # on a miss, every rank
             texts = list(oasst1_texts(source, "train"))
             params = freeze_for_retrofit(model)
             opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=0.0)
@@ -160,31 +152,28 @@ class SMF:
                               seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
             steps["total"] = total = rt.total_steps(batcher.steps_per_epoch)
             stepper = TorchStepper(params, opt, cosine_schedule(opt, rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
-            ctx.run_stage(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt,
-                          stage="retrofit", total_steps=total)
+            return Training(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt, total)
 
-        def write(tmp: Path):  # rank 0 only, under the entry's lock
+        def write(tmp: Path):  # rank 0 only, under the entry's lock, after training
             probes = ctx.probe(model) if ctx.probe else {}
             save_memory(model, tmp / "memory.pt")
             (tmp / "retrofit.json").write_text(json.dumps({"probes": probes, "train": rt.to_dict(),
                                                            "source": source, "steps": steps["total"]}, indent=1))
 
-        # one trial trains a retrofit at a time; a trial that waited for the same key loads it
-        path = get_or_create(Path(ctx.cache_dir or ".") / "retrofits", key, write, compute=train,
-                             rank=ctx.rank, world_size=ctx.world_size)
-        load_memory(model, path / "memory.pt")
-        model.to(ctx.device)
-        meta = json.loads((path / "retrofit.json").read_text())
-        return {"retrofit_key": key, "retrofit_probes": meta["probes"]}
+        def load(path: Path):     # every rank, hit or miss: a trial that waited for the same key loads it
+            load_memory(model, path / "memory.pt")
+            model.to(ctx.device)
+            meta = json.loads((path / "retrofit.json").read_text())
+            info.update(retrofit_key=key, retrofit_probes=meta["probes"])
 
-    # -- stage 3: background statistics, cached ---------------------------------------------------
-    def _background(self, model, cfg: SMFConfig, ctx: SetupContext) -> BackgroundStats | None:
-        from ..memory import addressing_fingerprint
+        return Stage("retrofit", train=train,
+                     cache=StageCache(Path(ctx.cache_dir or ".") / "retrofits", key, write, load))
 
-        if cfg.selector not in ("kl", "tfidf"):
-            return None
+    # -- stage 2: background statistics, a cached no-grad pass -----------------------------------------
+    def _background(self, model, cfg: SMFConfig, ctx: SetupContext) -> BackgroundStats:
         from ..batching import Batcher, text_examples
         from ..data import oasst1_texts
+        from ..memory import addressing_fingerprint
 
         source = ctx.data["retrofit"]
         regime = (ctx.train.precision, ctx.train.append_eos)   # counted as training counts: same autocast, same text
@@ -203,3 +192,23 @@ class SMF:
 
         path = get_or_create(Path(ctx.cache_dir or ".") / "background", f"{key}.pt", build, file=True)
         return BackgroundStats.load(path, map_location=ctx.device)
+
+    # -- stage 3: the sparse stage, the trial's own ------------------------------------------------------
+    def _sparse(self, model, cfg: SMFConfig, ctx: SetupContext, bg: BackgroundStats | None, info: dict) -> Setup:
+        mem = cfg.memory()
+        values = freeze_for_sparse(model)
+        opt = OPTIMIZERS[cfg.optimizer](values, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
+        stepper = TorchStepper(values, opt, cosine_schedule(opt, ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
+                               ctx.train.grad_clip, world_size=ctx.world_size)
+        reduce = None
+        if ctx.world_size > 1:
+            def reduce(c):
+                torch.distributed.all_reduce(c)
+                return c
+        updater = SparseUpdater(model, opt, cfg.selector, cfg.top_t, cfg.granularity, background=bg,
+                                count_padding=cfg.count_padding,
+                                generator=torch.Generator(device=ctx.device).manual_seed(ctx.seed + 1),
+                                reduce_counts=reduce)
+        info = {**info, "slots_per_layer": mem.n_slots, "memory_layers": list(mem.layers)}
+        return Setup(model=model, stepper=stepper, export=lambda: model, hooks=_SparseHooks(updater),
+                     trainable=sum(v.numel() for v in values), info=info)
