@@ -1,17 +1,22 @@
 """Non-dominated (Pareto) fronts of trials: pure logic, no plotting, no MLflow.
 
-Dominance (maximise gain, minimise cost): trial q dominates p when gain_q >= gain_p and
-cost_q <= cost_p with at least one strict. Exact duplicates therefore do not dominate each other
-and are both on the front. Rows with a missing (NaN) gain or cost are never on a front and
-dominate nothing.
+Dominance over objectives with directions (`senses`: {column: "max" | "min"}, the sweep's
+objectives.Objectives.senses): trial q dominates p when q is at least as good on every objective
+and strictly better on one (Optuna's `best_trials` rule). Exact duplicates therefore do not
+dominate each other and are both on the front. Rows with a missing (NaN) objective are never on a
+front and dominate nothing. `pareto_mask(df, gain, cost)` is the two-objective case (maximise
+gain, minimise cost).
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
-GAIN = "medmcqa_gain_pp"  # maximise (contracts.md)
-COST = "forgetting"  # minimise (contracts.md)
+from smf_sweep.objectives import FORGETTING, GAIN
+
+COST = FORGETTING  # the default objectives' names (objectives.Objectives()); a sweep's come from its run
 
 
 def _mask(gain: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -43,25 +48,63 @@ def _mask(gain: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return out
 
 
-def pareto_mask(df: pd.DataFrame, gain: str = GAIN, cost: str = COST,
-                by: str | None = None) -> pd.Series:
-    """Boolean Series (index of df): True where the row is non-dominated.
+def _mask_nd(better: np.ndarray) -> np.ndarray:
+    """Non-dominated mask of (n, k) values where higher is better on every column; O(n² k)."""
+    n = better.shape[0]
+    ok = ~np.isnan(better).any(axis=1)  # (n,)
+    out = np.zeros(n, dtype=bool)
+    v = better[ok]  # (m, k)
+    if v.shape[0] == 0:
+        return out
+    ge = (v[:, None, :] >= v[None, :, :]).all(axis=2)  # (m, m): row q >= row p everywhere
+    gt = (v[:, None, :] > v[None, :, :]).any(axis=2)
+    dominated = (ge & gt).any(axis=0)  # p is dominated by some q
+    out[np.flatnonzero(ok)] = ~dominated
+    return out
+
+
+def _values(sub: pd.DataFrame, cols) -> np.ndarray:
+    return np.column_stack([pd.to_numeric(sub[c], errors="coerce").to_numpy(dtype=float)
+                            for c in cols]) if len(cols) else np.zeros((len(sub), 0))
+
+
+def nondominated(df: pd.DataFrame, senses: Mapping[str, str], by: str | None = None) -> pd.Series:
+    """Boolean Series (index of df): True where the row is non-dominated on `senses`' columns in
+    their directions ({column: "max" | "min"}, any number of objectives).
 
     With `by` (e.g. "method"), each group of rows gets its own front; rows whose `by` value is
     missing form no front (False).
     """
+    cols = list(senses)
+    bad = [m for m in senses.values() if m not in ("max", "min")]
+    if bad or not cols:
+        raise ValueError(f"senses must map columns to 'max' or 'min', got {dict(senses)}")
     res = pd.Series(False, index=df.index, dtype=bool)
     if df.empty:
         return res
-    if by is None:
-        groups = [(None, df)]
-    else:
-        groups = list(df.groupby(by, sort=True, dropna=True))
+    groups = [(None, df)] if by is None else list(df.groupby(by, sort=True, dropna=True))
+    sign = np.array([1.0 if senses[c] == "max" else -1.0 for c in cols])  # (k,): higher is better after it
     for _, sub in groups:
-        g = pd.to_numeric(sub[gain], errors="coerce").to_numpy(dtype=float)
-        c = pd.to_numeric(sub[cost], errors="coerce").to_numpy(dtype=float)
-        res.loc[sub.index] = _mask(g, c)
+        better = _values(sub, cols) * sign  # (n, k)
+        if len(cols) == 2:  # the O(n log n) sweep: gain = first column, cost = -second
+            res.loc[sub.index] = _mask(better[:, 0], -better[:, 1])
+        else:
+            res.loc[sub.index] = _mask_nd(better)
     return res
+
+
+def pareto_mask(df: pd.DataFrame, gain: str = GAIN, cost: str = COST,
+                by: str | None = None) -> pd.Series:
+    """Two objectives, gain maximised and cost minimised: `nondominated(df, {gain: max, cost: min})`."""
+    return nondominated(df, {gain: "max", cost: "min"}, by)
+
+
+def order_best_first(df: pd.DataFrame, senses: Mapping[str, str]) -> pd.DataFrame:
+    """Rows sorted by the first objective in its direction (best first), ties by the next ones:
+    the order of the printed front and of the confirm stage's choice (Objectives.rank_key)."""
+    if df.empty:
+        return df
+    return df.sort_values(list(senses), ascending=[m == "min" for m in senses.values()], kind="stable")
 
 
 def front_order(df: pd.DataFrame, gain: str = GAIN, cost: str = COST) -> pd.DataFrame:

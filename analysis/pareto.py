@@ -54,11 +54,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     from analysis import interactive, plots, report, runs, summary  # heavy: mlflow, matplotlib
 
     sweep = runs.load(src, frozenset(args.ignore_param))
-    df = sweep.trials
-    fin = runs.finished(df)
+    df, obj = sweep.trials, sweep.objectives
+    fin = runs.finished(df, obj)
     counts = summary.status_counts(df, fin)
     excluded = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "finished") or "none"
     print(f"{sweep.experiment_name}: {len(df)} trials, {len(fin)} finished, excluded: {excluded}")
+    print(f"objectives ({sweep.objectives_source}): {obj.describe()}")
     if fin.empty:
         raise NothingToDo(f"no finished trials in experiment {sweep.experiment_name!r} at "
                           f"{sweep.tracking_uri} ({len(df)} trial runs; excluded: {excluded})")
@@ -66,12 +67,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     methods = summary.ordered(df["method"].unique(), summary.METHOD_ORDER)
     title = f"{sweep.experiment_name}: {len(fin)} finished trials ({excluded} excluded)"
-    plots.pareto_png(fin, methods, title, out / "pareto.png", args.budget)
-    interactive.pareto_html(fin, methods, title, out / "pareto.html", args.budget)
-    summary.fronts_table(fin).to_csv(out / "fronts.csv", index=False)
+    plots.pareto_png(fin, methods, title, out / "pareto.png", args.budget, obj)
+    interactive.pareto_html(fin, methods, title, out / "pareto.html", args.budget, obj)
+    summary.fronts_table(fin, obj).to_csv(out / "fronts.csv", index=False)
     (out / "table.md").write_text(report.markdown(sweep, fin, counts, args.budget))
-    plots.selectors_png(fin, sweep.experiment_name, out / "selectors.png")
-    plots.memory_png(fin, sweep.experiment_name, out / "memory.png")
+    plots.selectors_png(fin, sweep.experiment_name, out / "selectors.png", obj)
+    plots.memory_png(fin, sweep.experiment_name, out / "memory.png", obj)
     paths = [out / f for f in FILES]
     print("wrote " + ", ".join(str(p) for p in paths))
     return paths

@@ -11,10 +11,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.fronts import GAIN, pareto_mask
-from analysis.style import (BASE_LABEL, GAIN_LABEL, PANELS, method_color, selector_color,
-                            selector_marker, selector_name)
+from analysis.fronts import nondominated
+from analysis.style import (BASE_LABEL, panels, method_color, selector_color, selector_marker,
+                            selector_name, y_label)
 from analysis.summary import CONTROLS, SELECTOR_ORDER, ordered
+from smf_sweep.objectives import FORGETTING, Objectives
 
 DPI = 100
 SIZES = {"pareto": (18, 6), "selectors": (16, 4.5), "memory": (12, 8)}  # inches -> px = x DPI
@@ -57,10 +58,17 @@ def _annotate_apart(ax, labels: dict[str, tuple[float, float]], gap_pt: float = 
         ax.annotate(text, xy, xytext=(7, ly - y), textcoords="offset points", fontsize=8)
 
 
-def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign, budget):
+def front_line(sub: pd.DataFrame, obj: Objectives, y: str, x: str) -> pd.DataFrame:
+    """The (y, x) front of `sub` in the objectives' directions, ordered for a step line: from the
+    best x to the worst (y then improves)."""
+    senses = {y: obj.mode(y), x: obj.mode(x)}
+    front = sub[nondominated(sub, senses)]
+    return front.sort_values([x, y], ascending=[senses[x] == "min", senses[y] == "max"], kind="stable")
+
+
+def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, obj, y, xcol, xlabel, budget):
     ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
     ax.axvline(0, color="0.6", lw=0.8, ls="--", zorder=0)
-    cost = fin[xcol] * sign
     size, alpha = (50, 0.85) if len(fin) <= 200 else (18, 0.45)  # many trials: fronts stay legible
     halo = [pe.Stroke(linewidth=3.6, foreground="white"), pe.Normal()]
     for m in methods:
@@ -69,37 +77,39 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, xcol, xlabel, sign,
             continue
         color = method_color(m, methods)
         for s, g in sub.groupby(sub["selector"].fillna(""), sort=False):
-            ax.scatter(g[xcol], g[GAIN], c=color, marker=selector_marker(s or None, selectors),
+            ax.scatter(g[xcol], g[y], c=color, marker=selector_marker(s or None, selectors),
                        s=size, alpha=alpha, edgecolors="white", linewidths=0.5, zorder=3)
-        pts = sub.assign(_c=cost[sub.index])
-        front = pts[pareto_mask(pts, GAIN, "_c")].sort_values(["_c", GAIN])
-        ax.step(front[xcol], front[GAIN], where="post", color=color, lw=1.8, zorder=4,
+        front = front_line(sub, obj, y, xcol)
+        ax.step(front[xcol], front[y], where="post", color=color, lw=1.8, zorder=4,
                 path_effects=halo)
     ax.scatter([0], [0], marker="*", s=260, c="gold", edgecolors="black", linewidths=1.0,
                zorder=6)
     ax.annotate(BASE_LABEL, (0, 0), xytext=(6, -12), textcoords="offset points", fontsize=8)
     labels = {}
     for _, r in fin[fin["default_point"]].iterrows():
-        ax.scatter([r[xcol]], [r[GAIN]], s=120, facecolors="none", edgecolors="black",
+        ax.scatter([r[xcol]], [r[y]], s=120, facecolors="none", edgecolors="black",
                    linewidths=1.2, zorder=5)
-        labels.setdefault(_default_label(r), (r[xcol], r[GAIN]))  # one label per default config, not per seed
+        labels.setdefault(_default_label(r), (r[xcol], r[y]))  # one label per default config, not per seed
     _annotate_apart(ax, labels)
     if budget is not None:
         ax.axvline(budget, color="0.3", lw=1.0, ls=":", zorder=1)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(GAIN_LABEL)
+    ax.set_ylabel(y_label(obj, y))
     ax.grid(alpha=0.25)
 
 
-def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float) -> None:
+def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float,
+               obj: Objectives | None = None) -> None:
+    """Panels of the sweep's first objective against each other objective, forgetting and the
+    forgetting probes' deltas (style.panels); lines: each method's front in their directions."""
+    obj = obj or Objectives()
     selectors = ordered(fin["selector"].unique(), SELECTOR_ORDER)
     fig = _figure("pareto")
-    axes = fig.subplots(1, len(PANELS))
-    for i, (ax, (xcol, xlabel, sign)) in enumerate(zip(axes, PANELS)):
-        _pareto_panel(ax, fin, methods, selectors, xcol, xlabel, sign, budget if i == 0 else None)
-    axes[0].set_title("gain vs forgetting (lines: each method's front)")
-    axes[1].set_title("gain vs TriviaQA")
-    axes[2].set_title("gain vs WikiText")
+    y, xs = panels(obj)
+    axes = np.atleast_1d(fig.subplots(1, len(xs)))
+    for i, (ax, (xcol, xlabel)) in enumerate(zip(axes, xs)):
+        _pareto_panel(ax, fin, methods, selectors, obj, y, xcol, xlabel, budget if xcol == FORGETTING else None)
+        ax.set_title(f"{obj.short(y)} vs {obj.short(xcol)}" + (" (lines: each method's front)" if i == 0 else ""))
     done = set(fin["method"])
     handles = [Line2D([], [], color=method_color(m, methods), marker="o", lw=1.6,
                       label=m if m in done else f"{m} (no finished trials)") for m in methods]
@@ -134,12 +144,12 @@ def _strip(ax, smf: pd.DataFrame, col: str, selectors: list, ylabel: str) -> Non
     ax.grid(alpha=0.25, axis="y")
 
 
-def selectors_png(fin: pd.DataFrame, title: str, path) -> None:
+def selectors_png(fin: pd.DataFrame, title: str, path, obj: Objectives | None = None) -> None:
+    obj = obj or Objectives()
     smf = fin[(fin["algorithm"] == "smf") & fin["selector"].notna()]
     fig = _figure("selectors")
-    axes = fig.subplots(1, 4)
-    cols = [(GAIN, "MedMCQA gain (pp)  ↑"), ("forgetting", "forgetting  ↓"),
-            ("triviaqa/delta", "TriviaQA Δ (pp)  ↑"), ("wikitext/delta", "WikiText ppl Δ (%)  ↓")]
+    cols = [(c, f"{obj.short(c)} {obj.arrow(c)}") for c in obj.metrics()]
+    axes = np.atleast_1d(fig.subplots(1, len(cols)))
     selectors = ordered(smf["selector"].unique(), SELECTOR_ORDER)
     for ax, (col, label) in zip(axes, cols):
         if smf.empty:
@@ -178,14 +188,15 @@ def _by_param(ax, smf: pd.DataFrame, pcol: str, ycol: str, selectors: list, xlab
     ax.legend(fontsize=8)
 
 
-def memory_png(fin: pd.DataFrame, title: str, path) -> None:
+def memory_png(fin: pd.DataFrame, title: str, path, obj: Objectives | None = None) -> None:
+    obj = obj or Objectives()
     smf = fin[fin["algorithm"] == "smf"]
     selectors = ordered(smf["selector"].unique(), SELECTOR_ORDER)
     fig = _figure("memory")
     axes = fig.subplots(2, 2)
     params = [("params.smf.n_keys", "smf.n_keys (memory = n_keys² slots per layer)"),
               ("params.smf.top_t", "smf.top_t (rows updated per layer per batch)")]
-    objectives = [(GAIN, "MedMCQA gain (pp)  ↑"), ("forgetting", "forgetting  ↓")]
+    objectives = [(c, y_label(obj, c)) for c in obj.metrics()[:2]]
     for i, (ycol, ylabel) in enumerate(objectives):
         for j, (pcol, xlabel) in enumerate(params):
             _by_param(axes[i, j], smf, pcol, ycol, selectors, xlabel, ylabel)

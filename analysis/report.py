@@ -5,15 +5,27 @@ import math
 
 import pandas as pd
 
-from analysis.fronts import COST, GAIN, pareto_mask
+from analysis.fronts import nondominated, order_best_first
 from analysis.runs import Sweep
 from analysis.summary import (CONTROLS, METHOD_ORDER, SELECTOR_ORDER, aggregate, best, by_value,
                               ordered, with_retrofit_deltas)
+from smf_sweep.objectives import FORGETTING, Objectives, task_label
 
 MAX_LISTED = 4  # trials listed per table row; the rest are in fronts.csv / MLflow
-HEAD = ["row", "method", "config", "n", "MedMCQA acc (%)", "Δ (pp)", "WikiText ppl", "Δ (%)",
-        "TriviaQA acc (%)", "Δ (pp)", "forgetting", "trials (MLflow run)"]
 N_KEYS, TOP_T = "params.smf.n_keys", "params.smf.top_t"
+
+
+def head(obj: Objectives) -> list:
+    """The main table's columns: per probe its value (accuracies in %) and Δ, then forgetting."""
+    cols = ["row", "method", "config", "n"]
+    for t, p in obj.probes:
+        metric = p.metric or ("acc" if p.higher_is_better else "ppl")
+        cols += [f"{task_label(t)} {metric}" + (" (%)" if p.higher_is_better else ""),
+                 "Δ (pp)" if p.higher_is_better else "Δ (%)"]
+    return cols + ["forgetting", "trials (MLflow run)"]
+
+
+HEAD = head(Objectives())  # the default objectives' columns
 
 
 def num(mean, std=math.nan, n: int = 1, scale: float = 1.0, digits: int = 1,
@@ -38,16 +50,17 @@ def _md_table(head: list, rows: list) -> list:
     return out
 
 
-def _cells(r: pd.Series, pre: str = "", post: str = "") -> list:
+def _cells(r: pd.Series, obj: Objectives, pre: str = "") -> list:
     """Probe cells of an aggregate row; pre='retrofit/' reads the retrofit checkpoint's probes."""
     def ms(col, **kw):
         return num(r.get(col), r.get(col + ":std"), int(r["n"]), **kw)
     cells = []
-    for t, kind in (("medmcqa", "acc"), ("wikitext", "ppl"), ("triviaqa", "acc")):
+    for t in obj.tasks:
+        acc = obj.higher_is_better(t)
         value = f"retrofit/{t}" if pre else f"{t}/after"
         d = f"retrofit/{t}/delta" if pre else f"{t}/delta"
-        cells += [ms(value, scale=100 if kind == "acc" else 1, digits=1 if kind == "acc" else 2),
-                  ms(d, digits=1 if kind == "acc" else 2, sign=True)]
+        cells += [ms(value, scale=100 if acc else 1, digits=1 if acc else 2),
+                  ms(d, digits=1 if acc else 2, sign=True)]
     return cells
 
 
@@ -60,92 +73,103 @@ def _listed(r: pd.Series) -> str:
 
 def _main_rows(sweep: Sweep, agg: pd.DataFrame, methods: list, df: pd.DataFrame,
                budget: float) -> list:
-    b = sweep.base
+    b, obj = sweep.base, sweep.objectives
     base_from = f"parent run `{sweep.parent_run_id}`" if sweep.base_source == "parent run" \
         else (sweep.base_source or "not logged")
-    rows = [["base model", "—", "—", "—",
-             num(b.get("medmcqa"), scale=100), "0", num(b.get("wikitext"), digits=2), "0",
-             num(b.get("triviaqa"), scale=100), "0", "0", base_from]]
+    width = len(head(obj))
+    cells = []
+    for t in obj.tasks:
+        acc = obj.higher_is_better(t)
+        cells += [num(b.get(t), scale=100 if acc else 1, digits=1 if acc else 2), "0"]
+    rows = [["base model", "—", "—", "—"] + cells + ["0", base_from]]
+    first = obj.short(obj.names[0])
     for m in methods:
         if agg.empty or not (agg["method"] == m).any():
             n_bad = int((df["method"] == m).sum())
-            rows.append([f"{m}: no finished trials", m, "—", "—"] + ["—"] * 7
+            rows.append([f"{m}: no finished trials", m, "—", "—"] + ["—"] * (width - 5)
                         + [f"{n_bad} trial(s) excluded"])
             continue
-        picks = [("best gain", best(agg, m)), (f"best with forgetting ≤ {budget:g}",
-                                               best(agg, m, budget))]
+        picks = [(f"best {first}", best(agg, m, obj=obj)),
+                 (f"best with forgetting ≤ {budget:g}", best(agg, m, budget, obj))]
         for label, r in picks:
             if r is None:
-                rows.append([f"{m}: {label}", m, "none within budget", "—"] + ["—"] * 8)
+                rows.append([f"{m}: {label}", m, "none within budget", "—"] + ["—"] * (width - 4))
                 continue
             seeds = int(r["n"])
-            rows.append([f"{m}: {label}", m, r["config"] or "—", seeds] + _cells(r)
-                        + [num(r[COST], r.get(COST + ":std"), seeds, digits=2), _listed(r)])
-            if pd.notna(r.get("retrofit/medmcqa")) or pd.notna(r.get("retrofit/triviaqa")):
-                rows.append(["  ↳ its retrofit checkpoint", m, "", seeds] + _cells(r, "retrofit/")
+            rows.append([f"{m}: {label}", m, r["config"] or "—", seeds] + _cells(r, obj)
+                        + [num(r[FORGETTING], r.get(FORGETTING + ":std"), seeds, digits=2), _listed(r)])
+            if any(pd.notna(r.get(f"retrofit/{t}")) for t in obj.tasks):
+                rows.append(["  ↳ its retrofit checkpoint", m, "", seeds] + _cells(r, obj, "retrofit/")
                             + ["—", "(retrofit probes, before the SMF stage)"])
     return rows
 
 
-def _selector_rows(smf: pd.DataFrame, budget: float) -> list:
+def _stat(r, c: str, n: int) -> str:
+    """Mean ± std of a column; signed unless it is forgetting."""
+    return num(r[c], r[c + ":std"], n, digits=2, sign=c != FORGETTING)
+
+
+def _label(obj: Objectives, c: str) -> str:
+    return obj.label(c) if c != FORGETTING else "forgetting"
+
+
+def _selector_rows(smf: pd.DataFrame, budget: float, obj: Objectives) -> list:
     if smf.empty or smf["selector"].isna().all():
         return []
-    on_front = smf[pareto_mask(smf)]
-    agg = aggregate(smf)
+    on_front = smf[nondominated(smf, obj.senses)]
+    agg = aggregate(smf, obj)
     rows = []
-    stats = by_value(smf, "selector").set_index("selector")
+    stats = by_value(smf, "selector", obj).set_index("selector")
+    first = obj.names[0]
     for s in ordered(smf["selector"].unique(), SELECTOR_ORDER):
         r = stats.loc[s]
         n = int(r["trials"])
-        sub = agg[(agg["selector"] == s) & (agg[COST] <= budget)]
-        top = sub.sort_values([GAIN, COST], ascending=[False, True]).iloc[0] if len(sub) else None
-        rows.append([s, "control" if s in CONTROLS else "selector", n, int(r["configs"]),
-                     num(r[GAIN], r[GAIN + ":std"], n, digits=2, sign=True),
-                     num(r[COST], r[COST + ":std"], n, digits=2),
-                     num(r["triviaqa/delta"], r["triviaqa/delta:std"], n, digits=2, sign=True),
-                     num(r["wikitext/delta"], r["wikitext/delta:std"], n, digits=2, sign=True),
-                     "—" if top is None else f"{num(top[GAIN], digits=2, sign=True)}"
-                                             f" ({top['config']})",
-                     int((on_front["selector"] == s).sum())])
+        sub = order_best_first(agg[(agg["selector"] == s) & (agg[FORGETTING] <= budget)], obj.senses)
+        top = sub.iloc[0] if len(sub) else None
+        rows.append([s, "control" if s in CONTROLS else "selector", n, int(r["configs"])]
+                    + [_stat(r, c, n) for c in obj.metrics()]
+                    + ["—" if top is None else f"{num(top[first], digits=2, sign=True)} ({top['config']})",
+                       int((on_front["selector"] == s).sum())])
     return rows
 
 
-def _value_rows(smf: pd.DataFrame, col: str, slots: bool) -> list:
+def _value_rows(smf: pd.DataFrame, col: str, slots: bool, obj: Objectives) -> list:
     if col not in smf or smf[col].isna().all():
         return []
     rows = []
-    for _, r in by_value(smf, col).iterrows():
+    for _, r in by_value(smf, col, obj).iterrows():
         n = int(r["trials"])
         v = r[col]
         label = f"{v:g}" if isinstance(v, float) else str(v)
         extra = [f"{int(v) ** 2:,}"] if slots else []
-        rows.append([label] + extra + [n, num(r[GAIN], r[GAIN + ":std"], n, digits=2, sign=True),
-                                       num(r[COST], r[COST + ":std"], n, digits=2)])
+        rows.append([label] + extra + [n] + [_stat(r, c, n) for c in obj.metrics()[:2]])
     return rows
 
 
 def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> str:
-    df = sweep.trials
-    fin = with_retrofit_deltas(fin, sweep.base)
-    agg = aggregate(fin)
+    df, obj = sweep.trials, sweep.objectives
+    fin = with_retrofit_deltas(fin, sweep.base, obj)
+    agg = aggregate(fin, obj)
     methods = ordered(df["method"].unique(), METHOD_ORDER)
     excluded = {k: v for k, v in counts.items() if k != "finished"}
+    first, rest = obj.names[0], obj.names[1:]
+    ties = ", ".join(f"{'higher' if obj.mode(n) == 'max' else 'lower'} {obj.short(n)}" for n in rest)
     lines = [f"# Pareto summary: {sweep.experiment_name}", "",
              f"- store: `{sweep.tracking_uri}`, experiment id {sweep.experiment_id}, parent run "
              f"`{sweep.parent_run_id or 'none found'}`",
              f"- trials: {counts['finished']} finished (used)"
              + "".join(f", {v} {k} (excluded)" for k, v in excluded.items()),
-             "- objectives: MedMCQA gain in pp (maximise) and forgetting (minimise; by default the"
-             " mean of the TriviaQA drop in pp and the WikiText perplexity increase in %);"
-             f" forgetting budget ≤ {budget:g}",
+             f"- objectives: {obj.describe()} (as recorded: {sweep.objectives_source});"
+             f" forgetting = {obj.forgetting_definition()}; forgetting budget ≤ {budget:g}",
              "- a row is one config (all params but the seed): mean ± std over its n trials"
-             " (seeds); 'best' = highest mean gain (ties: lower forgetting)"]
+             f" (seeds); 'best' = {'highest' if obj.mode(first) == 'max' else 'lowest'} mean"
+             f" {obj.short(first)}" + (f" (ties: {ties})" if ties else "")]
     hashes = df["spec_hash"].dropna().unique()
     if len(hashes) > 1 or (sweep.spec_hash and len(hashes) == 1 and hashes[0] != sweep.spec_hash):
         lines.append(f"- **warning**: trials come from spec hashes {sorted(hashes)}"
                      f" (sweep.json: {sweep.spec_hash}); their numbers may not be comparable")
     lines += ["", "## Base model and best trials per method", ""]
-    lines += _md_table(HEAD, _main_rows(sweep, agg, methods, df, budget))
+    lines += _md_table(head(obj), _main_rows(sweep, agg, methods, df, budget))
     bad = df.drop(index=fin.index)
     lines += ["", f"## Excluded trials ({len(bad)})", ""]
     if len(bad):
@@ -159,16 +183,16 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
     lines += ["", "## Row selectors (SMF)", "",
               "All finished SMF trials per selector (configs differ between trials, so read"
               " differences of means as indicative); tf and random are controls.", ""]
-    rows = _selector_rows(smf, budget)
-    lines += _md_table(["selector", "kind", "trials", "configs", "gain (pp)", "forgetting",
-                        "TriviaQA Δ (pp)", "WikiText Δ (%)",
-                        f"best gain, forgetting ≤ {budget:g}", "trials on SMF front"], rows) \
+    rows = _selector_rows(smf, budget, obj)
+    lines += _md_table(["selector", "kind", "trials", "configs"] + [_label(obj, c) for c in obj.metrics()]
+                       + [f"best {obj.short(first)}, forgetting ≤ {budget:g}", "trials on SMF front"], rows) \
         if rows else ["No finished SMF trials."]
     lines += ["", "## Memory size and top-t (SMF)", ""]
-    rows = _value_rows(smf, N_KEYS, slots=True)
-    lines += _md_table(["smf.n_keys", "slots per layer", "trials", "gain (pp)", "forgetting"],
+    two = [_label(obj, c) for c in obj.metrics()[:2]]
+    rows = _value_rows(smf, N_KEYS, True, obj)
+    lines += _md_table(["smf.n_keys", "slots per layer", "trials"] + two,
                        rows) + [""] if rows else ["No SMF trials with smf.n_keys.", ""]
-    rows = _value_rows(smf, TOP_T, slots=False)
-    lines += _md_table(["smf.top_t", "trials", "gain (pp)", "forgetting"], rows) \
+    rows = _value_rows(smf, TOP_T, False, obj)
+    lines += _md_table(["smf.top_t", "trials"] + two, rows) \
         if rows else ["No SMF trials with smf.top_t."]
     return "\n".join(lines) + "\n"

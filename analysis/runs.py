@@ -1,12 +1,16 @@
 """Read a sweep's MLflow runs into one pandas DataFrame, one row per trial.
 
-Layout read (docs/contracts.md): one parent run (tag smf_sweep.role=sweep, metrics base/<task>),
-one child run per trial (tag smf_sweep.role=trial; tags method, selector, trial_id, seed, spec_hash,
-smf_sweep.default_point, failure_reason; params = the flattened trial config; metrics
-<task>/{before,after,delta}, retrofit/<task>, medmcqa_gain_pp, forgetting).
+Layout read (docs/contracts.md): one parent run (tag smf_sweep.role=sweep, metrics base/<task>, tag
+smf_sweep.objectives), one child run per trial (tag smf_sweep.role=trial; tags method, selector,
+trial_id, seed, spec_hash, stage, smf_sweep.default_point, failure_reason; params = the flattened
+trial config; metrics <task>/{before,after,delta}, retrofit/<task>, medmcqa_gain_pp, forgetting).
 
-Columns of the trials frame: see COLUMNS, plus `params.<dotted key>` per config param and any other
-final (non `train/`) metric under its MLflow name.
+The sweep's objectives (names, directions, forgetting's weights, the probes' directions) are read
+back from the parent run's tag, else sweep.json, else (stores logged before they were recorded)
+the contracts' defaults: `Sweep.objectives`, an smf_sweep.objectives.Objectives.
+
+Columns of the trials frame: see columns(objectives), plus `params.<dotted key>` per config param
+and any other final (non `train/`) metric under its MLflow name.
 """
 from __future__ import annotations
 
@@ -19,15 +23,30 @@ from mlflow import MlflowClient
 from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 
-from analysis.fronts import COST, GAIN
 from analysis.source import PREFIX, Source, SourceError
+from smf_sweep import objectives as O
+from smf_sweep.objectives import Objectives
 
-TASKS = {"medmcqa": "acc", "wikitext": "ppl", "triviaqa": "acc"}  # task -> kind (contracts.md)
-PROBE_COLS = [f"{t}/{s}" for t in TASKS for s in ("before", "after", "delta")]
-RETROFIT_COLS = [f"retrofit/{t}" for t in TASKS]
-COLUMNS = (["run_id", "parent_run_id", "run_name", "trial_id", "status", "failure_reason",
-            "method", "algorithm", "selector", "seed", "default_point", "spec_hash", "start_time", "end_time",
-            "config", "config_key", GAIN, COST] + PROBE_COLS + RETROFIT_COLS)
+INFO = ["run_id", "parent_run_id", "run_name", "trial_id", "status", "failure_reason",
+        "method", "algorithm", "selector", "seed", "default_point", "spec_hash", "stage", "start_time",
+        "end_time", "config", "config_key"]
+
+
+def probe_cols(obj: Objectives) -> list[str]:
+    return [f(t) for t in obj.tasks for f in (O.before, O.after, O.delta)]
+
+
+def retrofit_cols(obj: Objectives) -> list[str]:
+    return [O.retrofit(t) for t in obj.tasks]
+
+
+def columns(obj: Objectives) -> list[str]:
+    """The trials frame's first columns: run info, the objectives and forgetting, the probes."""
+    scores = [n for n in obj.metrics() if n not in probe_cols(obj)]
+    return INFO + scores + probe_cols(obj) + retrofit_cols(obj)
+
+
+COLUMNS = columns(Objectives())  # the default objectives' columns
 # always shown in a trial's short config (when the trial has them), then whatever else varies
 KEY_PARAMS = ["lr", "smf.selector", "smf.n_keys", "smf.top_t", "smf.k", "smf.insertion",
               "lora.rank", "lora.alpha"]
@@ -45,13 +64,8 @@ class Sweep:
     base: dict = field(default_factory=dict)  # task -> base model value (acc fraction / ppl)
     base_source: str = ""  # "parent run" or "trials' <task>/before"
     spec_hash: str | None = None  # sweep.json's, when known
-
-
-def delta(task: str, after, before):
-    """contracts.md: accuracies in points (after - before, x100); perplexity in % of before."""
-    if TASKS[task] == "acc":
-        return 100.0 * (after - before)
-    return 100.0 * (after / before - 1.0)
+    objectives: Objectives = field(default_factory=Objectives)  # what the sweep optimised
+    objectives_source: str = ""  # "parent run", "sweep.json" or "defaults (not recorded)"
 
 
 def _experiment(client: MlflowClient, name: str, uri: str):
@@ -99,17 +113,18 @@ def _row(run) -> dict:
     seed = tags.get("seed", params.get("seed"))
     row = {
         "run_id": run.info.run_id,
-        "parent_run_id": tags.get("mlflow.parentRunId"),
+        "parent_run_id": tags.get(O.PARENT_TAG),
         "run_name": run.info.run_name,
         "trial_id": tags.get("trial_id") or run.info.run_name,
         "status": run.info.status,
-        "failure_reason": tags.get("failure_reason"),
+        "failure_reason": tags.get(O.FAILURE_TAG),
         "method": method,
         "algorithm": algorithm,
         "selector": selector,
         "seed": _as_int(seed),
-        "default_point": _as_bool(tags.get("smf_sweep.default_point", "false")),
+        "default_point": _as_bool(tags.get(O.DEFAULT_POINT_TAG, "false")),
         "spec_hash": tags.get("spec_hash"),
+        "stage": tags.get(O.STAGE_TAG, "search"),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }
@@ -120,21 +135,21 @@ def _row(run) -> dict:
     return row
 
 
-def _fill_derived(df: pd.DataFrame) -> None:
-    """Missing deltas from before/after, missing objectives from deltas (contracts.md)."""
-    for t in TASKS:
-        for s in ("before", "after", "delta"):
-            if f"{t}/{s}" not in df:
-                df[f"{t}/{s}"] = np.nan
-        d = delta(t, df[f"{t}/after"], df[f"{t}/before"])
-        df[f"{t}/delta"] = df[f"{t}/delta"].fillna(d)
-    if GAIN not in df:
-        df[GAIN] = np.nan
-    if COST not in df:
-        df[COST] = np.nan
-    df[GAIN] = df[GAIN].fillna(df["medmcqa/delta"])
-    df[COST] = df[COST].fillna((-df["triviaqa/delta"] + df["wikitext/delta"]) / 2.0)
-    for c in RETROFIT_COLS:
+def _fill_derived(df: pd.DataFrame, obj: Objectives) -> None:
+    """Missing deltas from before/after, missing gain and forgetting from deltas, as the sweep's
+    objectives define them (directions, forgetting's weights)."""
+    for t in obj.tasks:
+        for c in (O.before(t), O.after(t), O.delta(t)):
+            if c not in df:
+                df[c] = np.nan
+        df[O.delta(t)] = df[O.delta(t)].fillna(obj.delta(t, df[O.before(t)], df[O.after(t)]))
+    for c in (O.GAIN, O.FORGETTING):
+        if c not in df:
+            df[c] = np.nan
+    derived = obj.scores({t: df[O.delta(t)] for t in obj.tasks})
+    for c in (O.GAIN, O.FORGETTING):
+        df[c] = df[c].fillna(derived[c])
+    for c in retrofit_cols(obj):
         if c not in df:
             df[c] = np.nan
 
@@ -182,32 +197,50 @@ def _param_columns(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df.drop(columns="_params"), pd.DataFrame(cols, index=df.index)], axis=1)
 
 
-def trials_frame(runs: list, ignore: frozenset = frozenset()) -> pd.DataFrame:
-    """Trial runs -> DataFrame (COLUMNS first, then params.*, then other metrics).
+def trials_frame(runs: list, ignore: frozenset = frozenset(), obj: Objectives | None = None) -> pd.DataFrame:
+    """Trial runs -> DataFrame (columns(obj) first, then params.*, then other metrics).
 
     ignore: params left out of config_key/config (e.g. a per-trial output path that would keep
     seeds of one config from being grouped); they stay as params.* columns.
+    obj: the sweep's objectives (default: the contracts' defaults).
     """
+    obj = obj or Objectives()
+    first = columns(obj)
     if not runs:
-        df = pd.DataFrame(columns=COLUMNS)
+        df = pd.DataFrame(columns=first)
         return df
     df = pd.DataFrame([_row(r) for r in runs])
     for c in ("start_time", "end_time"):
         df[c] = pd.to_datetime(df[c], unit="ms", utc=True)
-    _fill_derived(df)
+    _fill_derived(df, obj)
     _configs(df, ignore)
     df = _param_columns(df)
     df = df.sort_values(["start_time", "trial_id"], kind="stable").reset_index(drop=True)
-    rest = [c for c in df.columns if c not in COLUMNS]
-    return df[COLUMNS + sorted(c for c in rest if c.startswith("params."))
+    rest = [c for c in df.columns if c not in first]
+    return df[first + sorted(c for c in rest if c.startswith("params."))
               + sorted(c for c in rest if not c.startswith("params."))]
 
 
-def _pick_parent(parents: list, trials: list):
+def _pick_parent(parents: list, trials: list, spec_hash: str | None = None):
+    """The parent run of sweep.json's spec hash, else the one most trials point at."""
     if not parents:
         return None
-    refs = pd.Series([r.data.tags.get("mlflow.parentRunId") for r in trials]).value_counts()
-    return max(parents, key=lambda p: (refs.get(p.info.run_id, 0), p.info.start_time or 0))
+    same = [p for p in parents if spec_hash and p.data.tags.get("spec_hash") == spec_hash]
+    refs = pd.Series([r.data.tags.get(O.PARENT_TAG) for r in trials]).value_counts()
+    return max(same or parents, key=lambda p: (refs.get(p.info.run_id, 0), p.info.start_time or 0))
+
+
+def objectives_of(parent, src: Source) -> tuple[Objectives, str]:
+    """The sweep's objectives: the parent run's tag, else sweep.json's, else the defaults."""
+    text = parent.data.tags.get(O.OBJECTIVES_TAG) if parent is not None else None
+    try:
+        if text:
+            return Objectives.from_json(text), "parent run"
+        if src.objectives:
+            return Objectives.from_dict(src.objectives), "sweep.json"
+    except (ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"the sweep's recorded objectives cannot be read: {e}")
+    return Objectives(), "defaults (not recorded with this sweep)"
 
 
 def load(src: Source, ignore: frozenset = frozenset()) -> Sweep:
@@ -217,32 +250,36 @@ def load(src: Source, ignore: frozenset = frozenset()) -> Sweep:
         runs = _all_runs(client, exp.experiment_id)
     except MlflowException as e:
         raise SourceError(f"MLflow at {src.tracking_uri}: {e.message.splitlines()[0]}")
-    role = lambda r: r.data.tags.get("smf_sweep.role")  # noqa: E731
-    parents = [r for r in runs if role(r) == "sweep"]
-    trials = [r for r in runs if role(r) == "trial"]
+    role = lambda r: r.data.tags.get(O.ROLE_TAG)  # noqa: E731
+    parents = [r for r in runs if role(r) == O.ROLE_SWEEP]
+    trials = [r for r in runs if role(r) == O.ROLE_TRIAL]
     if not trials and not any(role(r) for r in runs):  # a store logged without role tags
         trials = [r for r in runs if "method" in r.data.tags or "method" in r.data.params]
-    parent = _pick_parent(parents, trials)
-    df = trials_frame(trials, ignore)
+    parent = _pick_parent(parents, trials, src.spec_hash)
+    obj, obj_source = objectives_of(parent, src)
+    df = trials_frame(trials, ignore, obj)
     base, base_source = {}, ""
     if parent is not None:
-        base = {t: parent.data.metrics[f"base/{t}"] for t in TASKS
-                if f"base/{t}" in parent.data.metrics}
+        base = {t: parent.data.metrics[O.base(t)] for t in obj.tasks
+                if O.base(t) in parent.data.metrics}
         base_source = "parent run"
-    missing = [t for t in TASKS if t not in base]
+    missing = [t for t in obj.tasks if t not in base]
     for t in missing:  # every trial probes the same base model first
-        before = df[f"{t}/before"].dropna() if f"{t}/before" in df else pd.Series(dtype=float)
+        before = df[O.before(t)].dropna() if O.before(t) in df else pd.Series(dtype=float)
         if len(before):
             base[t] = float(before.median())
             base_source = (base_source + ", " if base_source else "") + f"trials' {t}/before"
     base = {t: v for t, v in base.items() if v is not None and math.isfinite(v)}
     return Sweep(src.tracking_uri, exp.experiment_id, exp.name, df,
                  parent.info.run_id if parent is not None else None, base, base_source,
-                 src.spec_hash)
+                 src.spec_hash, obj, obj_source)
 
 
-def finished(df: pd.DataFrame) -> pd.DataFrame:
-    """Trials usable for fronts: MLflow status FINISHED with both objectives finite."""
-    ok = (df["status"] == "FINISHED") & np.isfinite(pd.to_numeric(df[GAIN], errors="coerce")) \
-        & np.isfinite(pd.to_numeric(df[COST], errors="coerce"))
+def finished(df: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
+    """Trials usable for fronts: MLflow status FINISHED with every objective (and forgetting,
+    which the budget reads) finite."""
+    obj = obj or Objectives()
+    ok = df["status"] == "FINISHED"
+    for c in dict.fromkeys([*obj.names, O.FORGETTING]):
+        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce"))
     return df[ok]

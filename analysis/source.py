@@ -28,6 +28,7 @@ class Source:
     sweep_dir: Path | None  # None when SOURCE named an experiment
     spec_hash: str | None = None  # from sweep.json
     note: str = ""  # how the store was chosen, when it was not the obvious way
+    objectives: dict | None = None  # sweep.json's (smf_sweep.objectives.Objectives.to_dict())
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -88,7 +89,8 @@ def _from_dir(d: Path, tracking_uri: str | None) -> Source:
             # the directory was moved or copied (e.g. from a cluster's shared storage)
             note = f"{path} not found; reading {local} instead"
             uri = f"sqlite:///{local}"
-    return Source(uri, exp, d, meta.get("spec_hash"), note)
+    objectives = meta.get("objectives") if isinstance(meta.get("objectives"), dict) else None
+    return Source(uri, exp, d, meta.get("spec_hash"), note, objectives)
 
 
 def resolve(source: str, tracking_uri: str | None = None) -> Source:

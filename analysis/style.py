@@ -45,10 +45,18 @@ def selector_name(selector) -> str:
     return selector if isinstance(selector, str) else NO_SELECTOR
 
 
-# panels of the Pareto figure: (x column, x label, sign turning x into a cost to minimise)
-PANELS = [
-    ("forgetting", "forgetting (mean of TriviaQA drop pp, WikiText increase %)  →  worse", 1.0),
-    ("triviaqa/delta", "TriviaQA Δ (pp)  ←  forgetting", -1.0),
-    ("wikitext/delta", "WikiText perplexity Δ (% of base)  →  forgetting", 1.0),
-]
-GAIN_LABEL = "MedMCQA gain (pp)"
+def axis_label(obj, name: str) -> str:
+    """'forgetting (mean of TriviaQA drop in pp and WikiText increase in %)  ← better'."""
+    return f"{obj.label(name)}  " + ("← better" if obj.mode(name) == "min" else "better →")
+
+
+def y_label(obj, name: str) -> str:
+    return f"{obj.label(name)}  {obj.arrow(name)}"
+
+
+def panels(obj) -> tuple[str, list[tuple[str, str]]]:
+    """The Pareto figure of a sweep's objectives (smf_sweep.objectives.Objectives): y = the first
+    objective; one panel per x = each other objective, then forgetting and each forgetting probe's
+    delta. Returns (y column, [(x column, x label)]); directions: obj.mode(column)."""
+    y = obj.names[0]
+    return y, [(x, axis_label(obj, x)) for x in obj.metrics() if x != y]

@@ -1,21 +1,30 @@
 """Tables from the trials frame: fronts, per-config aggregates over seeds, best picks, counts.
 
 No plotting. Accuracies are fractions in MLflow and shown here in %; deltas keep the contracts'
-units (pp for accuracies, % of base for perplexity).
+units (pp for accuracies, % of base for perplexity). Every ranking (fronts, "best") follows the
+sweep's objectives (`obj`, an smf_sweep.objectives.Objectives; default: the contracts' defaults).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from analysis.fronts import COST, GAIN, pareto_mask
-from analysis.runs import PROBE_COLS, RETROFIT_COLS, TASKS, delta
+from analysis.fronts import nondominated, order_best_first
+from analysis.runs import probe_cols, retrofit_cols
+from smf_sweep.objectives import FORGETTING, Objectives
 
 METHOD_ORDER = ["smf", "lora", "full"]
 SELECTOR_ORDER = ["kl", "tfidf", "tf", "random"]
 CONTROLS = {"tf", "random"}  # SMF_SPEC.md §4: selectors that only show whether selection matters
-RETRO_DELTAS = [f"retrofit/{t}/delta" for t in TASKS]
-METRICS = [GAIN, COST] + PROBE_COLS + RETROFIT_COLS + RETRO_DELTAS
+
+
+def retro_deltas(obj: Objectives) -> list[str]:
+    return [f"retrofit/{t}/delta" for t in obj.tasks]
+
+
+def metrics(obj: Objectives) -> list[str]:
+    """Columns aggregated over seeds: objectives, forgetting, probes, retrofit probes."""
+    return list(dict.fromkeys(obj.metrics() + probe_cols(obj) + retrofit_cols(obj) + retro_deltas(obj)))
 
 
 def ordered(values, order: list) -> list:
@@ -34,16 +43,18 @@ def status_counts(df: pd.DataFrame, fin: pd.DataFrame) -> dict:
     return c
 
 
-def fronts_table(fin: pd.DataFrame) -> pd.DataFrame:
-    """Non-dominated trials per method (front=<method>) and over all methods (front=overall)."""
+def fronts_table(fin: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
+    """Non-dominated trials (on the sweep's objectives, in their directions) per method
+    (front=<method>) and over all methods (front=overall); within a front, best first objective
+    first, as the sweep's printed front and its confirm stage."""
+    obj = obj or Objectives()
     parts = []
     for m in ordered(fin["method"].unique(), METHOD_ORDER):
         sub = fin[fin["method"] == m]
-        parts.append(sub[pareto_mask(sub)].assign(front=m))
-    parts.append(fin[pareto_mask(fin)].assign(front="overall"))
+        parts.append(order_best_first(sub[nondominated(sub, obj.senses)], obj.senses).assign(front=m))
+    parts.append(order_best_first(fin[nondominated(fin, obj.senses)], obj.senses).assign(front="overall"))
     out = pd.concat(parts, ignore_index=True)
-    out = out.sort_values(["front", COST, GAIN], kind="stable",
-                          key=lambda s: s.map(_front_rank) if s.name == "front" else s)
+    out = out.sort_values("front", kind="stable", key=lambda s: s.map(_front_rank))
     return out[["front"] + [c for c in out.columns if c != "front"]].reset_index(drop=True)
 
 
@@ -52,17 +63,18 @@ def _front_rank(name: str) -> int:
     return order.index(name) if name in order else len(METHOD_ORDER)
 
 
-def with_retrofit_deltas(fin: pd.DataFrame, base: dict) -> pd.DataFrame:
+def with_retrofit_deltas(fin: pd.DataFrame, base: dict, obj: Objectives | None = None) -> pd.DataFrame:
+    obj = obj or Objectives()
     out = fin.copy()
-    for t in TASKS:
+    for t in obj.tasks:
         b = base.get(t, np.nan)
-        out[f"retrofit/{t}/delta"] = delta(t, out[f"retrofit/{t}"], b)
+        out[f"retrofit/{t}/delta"] = obj.delta(t, b, out[f"retrofit/{t}"])
     return out
 
 
-def aggregate(fin: pd.DataFrame) -> pd.DataFrame:
+def aggregate(fin: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
     """One row per config (method + params but seed): mean and std of every metric, n seeds."""
-    cols = [c for c in METRICS if c in fin]
+    cols = [c for c in metrics(obj or Objectives()) if c in fin]
     rows = []
     for key, g in fin.groupby("config_key", sort=False):
         r = {"config_key": key, "method": g["method"].iloc[0], "selector": g["selector"].iloc[0],
@@ -78,19 +90,20 @@ def aggregate(fin: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def best(agg: pd.DataFrame, method: str, budget: float | None = None) -> pd.Series | None:
-    """The method's config with the highest mean gain (within mean forgetting <= budget).
+def best(agg: pd.DataFrame, method: str, budget: float | None = None,
+         obj: Objectives | None = None) -> pd.Series | None:
+    """The method's config with the best mean first objective in its direction (default: the
+    highest gain), within mean forgetting <= budget when given.
 
-    Ties: lower forgetting, then more seeds.
+    Ties: the next objectives in their directions, then more seeds.
     """
+    obj = obj or Objectives()
     sub = agg[agg["method"] == method]
     if budget is not None:
-        sub = sub[sub[COST] <= budget]
+        sub = sub[sub[FORGETTING] <= budget]
     if sub.empty:
         return None
-    sub = sub.assign(_neg_n=-sub["n"])
-    return sub.sort_values([GAIN, COST, "_neg_n"], ascending=[False, True, True],
-                           kind="stable").iloc[0]
+    return order_best_first(sub.assign(_neg_n=-sub["n"]), {**obj.senses, "_neg_n": "min"}).iloc[0]
 
 
 def mean_std(g: pd.DataFrame, col: str) -> tuple[float, float, int]:
@@ -98,12 +111,13 @@ def mean_std(g: pd.DataFrame, col: str) -> tuple[float, float, int]:
     return (v.mean() if len(v) else np.nan, v.std(ddof=1) if len(v) > 1 else np.nan, len(v))
 
 
-def by_value(fin: pd.DataFrame, col: str) -> pd.DataFrame:
-    """Per value of a param column: trials, mean/std of both objectives (for selectors, memory)."""
+def by_value(fin: pd.DataFrame, col: str, obj: Objectives | None = None) -> pd.DataFrame:
+    """Per value of a param column: trials, mean/std of the objectives, forgetting and the
+    forgetting probes' deltas (for selectors, memory)."""
     rows = []
     for v, g in fin.groupby(col, sort=True, dropna=True):
         r = {col: v, "trials": len(g), "configs": g["config_key"].nunique()}
-        for c in (GAIN, COST, "triviaqa/delta", "wikitext/delta"):
+        for c in (obj or Objectives()).metrics():
             r[c], r[c + ":std"], _ = mean_std(g, c)
         rows.append(r)
     return pd.DataFrame(rows)

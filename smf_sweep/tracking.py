@@ -15,10 +15,17 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from . import objectives as O
+from .probes.base import TASKS
+
 STEP_PREFIXES = ("train/", "retrofit/")
-_TASKS = "medmcqa|wikitext|triviaqa"
-FINAL_KEYS = re.compile(rf"^(({_TASKS})/(before|after|delta)|retrofit/({_TASKS})|medmcqa_gain_pp|forgetting"
+_TASKS = "|".join(map(re.escape, TASKS))
+# every objective a spec may name is among these: <task>/delta, medmcqa_gain_pp, forgetting (objectives.py)
+FINAL_KEYS = re.compile(rf"^(({_TASKS})/(before|after|delta)|retrofit/({_TASKS})|{re.escape(O.GAIN)}|{re.escape(O.FORGETTING)}"
                         r"|trial_seconds|trainable_params|train_steps|time\.\w+)$")
+UI_PORT = 5000                   # `mlflow ui`'s default port
+ARTIFACTS_DIR = "mlartifacts"    # a SQLite store's artifacts: <directory of the .db>/mlartifacts
+EXPERIMENT_KIND = "custom_model_development"   # MLflow 3's UI then opens the experiment on its runs
 
 
 class TrackingError(RuntimeError):
@@ -58,6 +65,57 @@ def git_commit(cwd: Path | None = None) -> str:
         return "unknown"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI (absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser().resolve()
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: next to a SQLite store (the sweep dir's mlartifacts/
+    for the default sqlite:///<sweep dir>/mlflow.db), not in ./mlruns of whatever directory the
+    driver runs in. None for a server, which decides (--artifacts-destination)."""
+    db = sqlite_file(uri)
+    return str(db.parent / ARTIFACTS_DIR) if db is not None else None
+
+
+def ui_command(uri: str, port: int = UI_PORT) -> str | None:
+    """The command that starts the MLflow UI on this store; None for a server (it is the UI)."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {uri} --port {port}"
+
+
+def runs_url(uri: str, experiment_id: str, port: int = UI_PORT) -> str:
+    """The URL of the experiment's table of runs. MLflow 3's UI is a hash-routed single page app
+    (react-router createHashRouter; the route `experimentPageTabRuns` is
+    /experiments/:experimentId/runs in mlflow/server/js/build, checked by tests/test_objectives.py);
+    /#/experiments/<id> alone may open the GenAI overview, where no trial is shown."""
+    root = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{root}/#/experiments/{experiment_id}/runs"
+
+
+def config_note(config: dict, tags: dict) -> str:
+    """One line for a trial run's description (mlflow.note.content): the arm, its searched
+    parameters, seed and stage, e.g. 'smf: n_keys=32 top_t=128 selector=kl lr=0.03 · seed 0 · search'."""
+    point = config.get("point", config)
+    method = point.get("method") or tags.get("method", "?")
+    algo = tags.get("algorithm")
+    params = " ".join(f"{k.split('.', 1)[1]}={_short(v)}" for k, v in point.items() if k.startswith(f"{method}."))
+    head = f"{method}" + (f" ({algo})" if algo and algo != method else "")
+    parts = [f"{head}: {params}" if params else head]
+    if tags.get("seed") is not None:
+        parts.append(f"seed {tags['seed']}")
+    stage = tags.get(O.STAGE_TAG, point.get("stage", "search"))
+    parts.append(stage + (", the study's point" if tags.get(O.DEFAULT_POINT_TAG) == "true" else ""))
+    return " · ".join(parts)
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for k, v in d.items():
@@ -80,34 +138,43 @@ class SweepTracker:
         self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
         mlflow.set_tracking_uri(uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifact_location(uri), tags={O.EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         found = self.client.search_runs([self.experiment_id], filter_string=(
-            f"tags.`smf_sweep.role` = 'sweep' and tags.spec_hash = '{spec_hash}'"), max_results=1)
+            f"tags.`{O.ROLE_TAG}` = '{O.ROLE_SWEEP}' and tags.spec_hash = '{spec_hash}'"), max_results=1)
         if found:
             self.parent_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
                 self.client.update_run(self.parent_id, status="RUNNING")
         else:
             self.parent_id = self.client.create_run(self.experiment_id, run_name=sweep, tags={
-                "smf_sweep.role": "sweep", "spec_hash": spec_hash, "sweep": sweep}).info.run_id
+                O.ROLE_TAG: O.ROLE_SWEEP, "spec_hash": spec_hash, "sweep": sweep}).info.run_id
 
-    def log_sweep(self, spec_dict: dict, base: dict, spec_file: Path | None) -> None:
+    def log_sweep(self, spec_dict: dict, base: dict, spec_file: Path | None) -> "O.Objectives":
+        """The parent run's params (the flattened spec), base/<task> metrics, versions, the
+        objectives (tag smf_sweep.objectives, JSON: objectives.Objectives.to_dict, with the base
+        probes' directions) and the frozen spec as an artifact. The objectives also go into the
+        sweep.json beside `spec_file` (analysis reads them from either)."""
         from mlflow.entities import Metric, Param
 
+        obj = O.Objectives.from_spec(spec_dict, base)
         ts = int(time.time() * 1000)
         have = self.client.get_run(self.parent_id).data.params
         params = {k: v[:6000] for k, v in flatten(spec_dict).items() if k not in have}
-        tags = {"git_commit": git_commit(), **{f"version.{k}": v for k, v in package_versions().items()}}
-        metrics = [Metric(f"base/{k}", float(v), ts, 0) for k, v in base.items()
+        tags = {"git_commit": git_commit(), **{f"version.{k}": v for k, v in package_versions().items()},
+                O.OBJECTIVES_TAG: obj.to_json(), O.NOTE_TAG: f"sweep {spec_dict.get('name', '')}: {obj.describe()}"}
+        metrics = [Metric(O.base(k), float(v), ts, 0) for k, v in base.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and "." not in k]
         self.client.log_batch(self.parent_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
                               tags=[_tag(k, v) for k, v in tags.items()])
         if spec_file is not None and spec_file.exists():
             self.client.log_artifact(self.parent_id, str(spec_file))
+            record_objectives(spec_file.parent / "sweep.json", obj)
+        return obj
 
     def trial_run(self, trial_id: str) -> str | None:
         found = self.client.search_runs([self.experiment_id], filter_string=(
-            f"tags.`mlflow.parentRunId` = '{self.parent_id}' and tags.trial_id = '{trial_id}'"), max_results=1)
+            f"tags.`{O.PARENT_TAG}` = '{self.parent_id}' and tags.trial_id = '{trial_id}'"), max_results=1)
         return found[0].info.run_id if found else None
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -117,6 +184,19 @@ class SweepTracker:
 def _tag(k, v):
     from mlflow.entities import RunTag
     return RunTag(k, str(v)[:5000])
+
+
+def record_objectives(sweep_json: Path, obj: "O.Objectives") -> None:
+    """Add {"objectives": obj.to_dict()} to a sweep dir's sweep.json (written by tune.run_sweep),
+    keeping its other keys; nothing when there is no sweep.json."""
+    if not sweep_json.is_file():
+        return
+    meta = json.loads(sweep_json.read_text())
+    if meta.get("objectives") != obj.to_dict():
+        meta["objectives"] = obj.to_dict()
+        tmp = sweep_json.with_name(sweep_json.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(sweep_json)
 
 
 class MLflowTrialLogger(Callback):
@@ -139,7 +219,8 @@ class MLflowTrialLogger(Callback):
         params, tags = self.describe(trial.config)
         if rid is None:
             rid = t.client.create_run(t.experiment_id, run_name=f"{tags.get('method')}-{trial.trial_id}", tags={
-                "mlflow.parentRunId": t.parent_id, "smf_sweep.role": "trial", "trial_id": trial.trial_id, **tags}).info.run_id
+                O.PARENT_TAG: t.parent_id, O.ROLE_TAG: O.ROLE_TRIAL, "trial_id": trial.trial_id,
+                O.NOTE_TAG: config_note(trial.config, tags), **tags}).info.run_id
             from mlflow.entities import Param
             t.client.log_batch(rid, params=[Param(k, v[:6000]) for k, v in params.items()])
         else:
@@ -176,7 +257,7 @@ class MLflowTrialLogger(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run(trial)
         reason = failure_reason(trial)
-        self.tracker.client.set_tag(rid, "failure_reason", reason[:5000])
+        self.tracker.client.set_tag(rid, O.FAILURE_TAG, reason[:5000])
         self.tracker.client.set_terminated(rid, "FAILED")
 
     def on_experiment_end(self, trials, **info):
@@ -184,9 +265,9 @@ class MLflowTrialLogger(Callback):
         end them KILLED with the reason (their configurations were re-queued on resume)."""
         t, known = self.tracker, {tr.trial_id for tr in trials}
         for run in t.client.search_runs([t.experiment_id], filter_string=(
-                f"tags.`mlflow.parentRunId` = '{t.parent_id}' and attributes.status = 'RUNNING'")):
+                f"tags.`{O.PARENT_TAG}` = '{t.parent_id}' and attributes.status = 'RUNNING'")):
             if run.data.tags.get("trial_id") not in known:
-                t.client.set_tag(run.info.run_id, "failure_reason", "interrupted: the sweep's driver stopped before "
+                t.client.set_tag(run.info.run_id, O.FAILURE_TAG, "interrupted: the sweep's driver stopped before "
                                  "Tune recorded this trial; its configuration was run again on resume")
                 t.client.set_terminated(run.info.run_id, "KILLED")
         t.finish("FINISHED")

@@ -116,17 +116,19 @@ def delta(before: float, after: float, higher_is_better: bool) -> float:
 
 def outcome(spec: Spec, base: dict, after: dict) -> dict:
     """Per probe before/after/delta, `medmcqa_gain_pp` and `forgetting` (the weighted mean of each
-    forgetting probe's damage: accuracy drop in pp, perplexity increase in %)."""
-    out = {}
+    forgetting probe's damage: accuracy drop in pp, perplexity increase in %), all through the
+    spec's `Objectives` (smf_sweep/objectives.py; directions as the base probes recorded them)."""
+    from . import objectives as O
+
+    obj = O.Objectives.from_spec(spec, base)
+    out, deltas = {}, {}
     for task in spec.probes:
         if task not in after:
             raise TrialFailed(f"probe {task!r} returned no result")
-        b, a, hib = base[task], after[task], base[f"{task}.hib"]
-        out.update({f"{task}/before": b, f"{task}/after": a, f"{task}/delta": delta(b, a, hib)})
-    out["medmcqa_gain_pp"] = out["medmcqa/delta"]
-    w = spec.forgetting
-    damage = {t: (-out[f"{t}/delta"] if base[f"{t}.hib"] else out[f"{t}/delta"]) for t in w}
-    out["forgetting"] = sum(w[t] * damage[t] for t in w) / sum(w.values())
+        b, a = base[task], after[task]
+        deltas[task] = obj.delta(task, b, a)
+        out.update({O.before(task): b, O.after(task): a, O.delta(task): deltas[task]})
+    out.update(obj.scores(deltas))
     bad = [k for k, v in out.items() if not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf"))]
     if bad:
         raise TrialFailed(f"non-finite results {bad}: {{{', '.join(f'{k}: {out[k]}' for k in bad)}}}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .spec import Spec, SpecError, build_configs, load_spec, resolve_world
 
-OBJECTIVE_KEYS = ("medmcqa_gain_pp", "forgetting")
+# The objectives (names, directions, forgetting's weights) are the spec's: objectives.Objectives.from_spec(spec).
 
 
 # ---- the search space (define-by-run: a method's knobs are sampled only for that method) --------
@@ -243,15 +243,24 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     return summary
 
 
+def confirm_choice(spec: Spec, front: list[dict]) -> list[dict]:
+    """The configs the confirm stage re-runs: the first `confirm.top` of the search's Pareto front
+    (summarize's, i.e. Optuna's), ordered by the spec's first objective in its direction (ties: the
+    next objectives)."""
+    from .objectives import Objectives
+
+    return sorted(front, key=Objectives.from_spec(spec).rank_key)[: spec.confirm.top]
+
+
 def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progress: bool) -> dict:
-    """Re-run the `confirm.top` Pareto-optimal configs (highest gain first) with each of
-    `confirm.seeds`: a grid of fixed configs in a second Tune experiment (resumable too), tagged
-    stage=confirm in MLflow, so analysis can report mean ± std over seeds."""
+    """Re-run the `confirm.top` Pareto-optimal configs (`confirm_choice`: best first objective
+    first) with each of `confirm.seeds`: a grid of fixed configs in a second Tune experiment
+    (resumable too), tagged stage=confirm in MLflow, so analysis can report mean ± std over seeds."""
     from ray import tune
 
     from .janitor import PlacementGroupJanitor
 
-    best = sorted(front, key=lambda r: -r["medmcqa_gain_pp"])[: spec.confirm.top]
+    best = confirm_choice(spec, front)
     points = [{**r["params"], "seed": seed, "stage": "confirm"} for r in best for seed in spec.confirm.seeds]
     path = sweep / "tune" / f"{spec.name}-confirm"
     if tune.Tuner.can_restore(str(path)):
@@ -263,15 +272,21 @@ def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progr
                                                       [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()
     ok = [r for r in grid if r.error is None]
-    print(f"confirm stage: {len(ok)} of {len(points)} re-runs finished ({len(best)} configs × seeds {spec.confirm.seeds})")
-    return {"configs": len(best), "runs": len(points), "finished": len(ok)}
+    print(f"confirm stage: {len(ok)} of {len(points)} re-runs finished ({len(best)} configs × seeds {spec.confirm.seeds}: "
+          f"trials {', '.join(str(r.get('trial_id') or r['params']) for r in best)})")
+    return {"configs": len(best), "runs": len(points), "finished": len(ok),
+            "trials": [r.get("trial_id", "") for r in best]}
 
 
 def summarize(spec: Spec, grid, uri: str) -> dict:
-    import pandas as pd
+    """The search's outcome, ranked by the spec's objectives (objectives.Objectives): trials
+    finished, and the Pareto front as Optuna sees it (`study.best_trials` of the sweep's study, in the
+    spec's directions), best first objective first. Also where the records are (sweep dir, MLflow
+    experiment, the UI command and the URL of the experiment's runs table: `where_to_look`)."""
+    from .objectives import EXPERIMENT_PREFIX, Objectives
+    from .tracking import runs_url, ui_command
 
-    from analysis.fronts import pareto_mask
-
+    obj = Objectives.from_spec(spec)
     rows, times = [], {"trial": 0.0, "setup": 0.0, "train": 0.0, "probe": 0.0}
     for r in grid:
         m = r.metrics or {}
@@ -279,29 +294,100 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
             times["trial"] += m["trial_seconds"]
             for k in ("setup", "train", "probe"):
                 times[k] += m.get(f"time.{k}_s", 0.0)
-        ok = r.error is None and all(isinstance(m.get(k), (int, float)) for k in OBJECTIVE_KEYS)
-        cfg = {k: v for k, v in (r.config or {}).items()}
-        rows.append({"trial_id": m.get("trial_id", ""), "method": cfg.get("method"), "status": "ok" if ok else "failed",
-                     "params": {k: v for k, v in cfg.items() if k == "method" or k.startswith(f"{cfg.get('method')}.")},
-                     **{k: m.get(k) for k in OBJECTIVE_KEYS}, "config": json.dumps(
-                         {k: v for k, v in cfg.items() if k != "method"}, default=str)})
-    df = pd.DataFrame(rows)
-    done = df[df.status == "ok"].copy() if len(df) else df
-    front = done[pareto_mask(done, gain="medmcqa_gain_pp", cost="forgetting")] if len(done) else done
-    print(f"\n{len(done)} of {len(df)} trials finished; Pareto-optimal (MedMCQA gain ↑, forgetting ↓):")
-    if len(front):
-        print(front.drop(columns=["params"]).sort_values("medmcqa_gain_pp", ascending=False).to_string(
-            index=False, float_format=lambda x: f"{x:+.2f}"))
+        cfg = dict(r.config or {})
+        method = cfg.get("method")
+        rows.append({"trial_id": m.get("trial_id", ""), "method": method,
+                     "status": "ok" if r.error is None and obj.values(m) is not None else "failed",
+                     "params": {k: v for k, v in cfg.items() if k == "method" or k.startswith(f"{method}.")},
+                     **{k: m.get(k) for k in obj.metrics()},
+                     "config": json.dumps({k: v for k, v in cfg.items() if k != "method"}, default=str)})
+    done = [r for r in rows if r["status"] == "ok"]
+    front, source = study_front(spec, obj, done)
+    if front is None:                     # no study (e.g. a sweep without a searcher): the same rule on Tune's results
+        from analysis.fronts import nondominated
+        import pandas as pd
+
+        mask = nondominated(pd.DataFrame(done, columns=list(obj.names)), obj.senses) if done else []
+        front, source = [r for r, on in zip(done, mask) if on], "Tune's results (no Optuna study found)"
+    front = sorted(front, key=obj.rank_key)
+    arrows = ", ".join(f"{n} {obj.arrow(n)}" for n in obj.names)
+    print(f"\n{len(done)} of {len(rows)} trials finished; Pareto-optimal ({arrows}; from {source}):")
+    if front:
+        import pandas as pd
+
+        cols = ["trial_id", "method", *obj.metrics(), "config"]
+        print(pd.DataFrame(front).reindex(columns=cols).to_string(index=False, float_format=lambda x: f"{x:+.2f}"))
+    print(f"objectives: {obj.describe()}")
     if times["trial"]:
         work = times["setup"] + times["train"] + times["probe"]
         print(f"\ntime inside trials: {times['trial']:.0f} s = training {times['train']:.0f} s + probing "
               f"{times['probe']:.0f} s + model/data/method setup {times['setup']:.0f} s + Ray Train start/stop "
               f"and reporting {times['trial'] - work:.0f} s ({100 * (times['trial'] - work) / times['trial']:.0f} %)")
     sweep = spec.sweep_dir()
-    print(f"\nsweep dir: {sweep}\nMLflow:    {uri}   (mlflow ui --backend-store-uri {uri})"
-          f"\nplots:     python -m analysis.pareto {sweep}")
-    return {"trials": len(df), "finished": len(done), "front": front.to_dict("records"), "sweep_dir": str(sweep),
-            "tracking_uri": uri, "seconds_in_trials": times}
+    experiment = EXPERIMENT_PREFIX + spec.name
+    exp_id = _experiment_id(uri, experiment)
+    return {"trials": len(rows), "finished": len(done), "front": front, "objectives": obj.to_dict(),
+            "sweep_dir": str(sweep), "tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
+            "mlflow_ui": ui_command(uri), "runs_url": runs_url(uri, exp_id) if exp_id else None,
+            "seconds_in_trials": times}
+
+
+def study_front(spec: Spec, obj, done: list[dict]) -> tuple[list[dict] | None, str]:
+    """Optuna's Pareto front of the sweep's study (the one make_searcher opened), each best trial
+    matched to its Tune trial (same parameters and objective values) for its trial id and metrics.
+    (None, why) when there is no such study."""
+    import optuna
+
+    db = spec.sweep_dir() / "optuna.db"
+    name = f"{spec.name}-{spec.spec_hash()}"
+    if not db.is_file():
+        return None, ""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    except KeyError:
+        return None, ""
+    want = [optuna.study.StudyDirection.MAXIMIZE if m == "max" else optuna.study.StudyDirection.MINIMIZE
+            for m in obj.modes]
+    if list(study.directions) != want:
+        raise SpecError(f"Optuna study {name} optimises {[d.name for d in study.directions]}, the spec "
+                        f"{list(zip(obj.names, obj.modes))}")
+    unused, front = list(done), []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        match = next((r for r in unused if r["params"] == t.params and all(
+            math.isclose(r[n], v, rel_tol=1e-12, abs_tol=1e-12) for n, v in zip(obj.names, t.values))), None)
+        if match is not None:
+            unused.remove(match)
+        row = dict(match) if match else {"trial_id": "", "method": t.params.get("method"), "status": "ok",
+                                         "params": dict(t.params), "config": json.dumps(
+                                             {k: v for k, v in t.params.items() if k != "method"}, default=str)}
+        row.update({n: v for n, v in zip(obj.names, t.values)}, optuna_trial=t.number)
+        front.append(row)
+    return front, f"Optuna study {name}, best_trials"
+
+
+def _experiment_id(uri: str, experiment: str) -> str | None:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+        return exp.experiment_id if exp else None
+    except Exception:                      # the records are written; a lookup that fails only costs the URL
+        return None
+
+
+def where_to_look(summary: dict) -> str:
+    """The sweep's last lines: its directory, the analysis command, the MLflow UI and the URL of
+    the experiment's table of trial runs."""
+    uri, lines = summary["tracking_uri"], [f"sweep dir:  {summary['sweep_dir']}",
+                                           f"analysis:   python -m analysis.pareto {summary['sweep_dir']}"]
+    if summary.get("mlflow_ui"):
+        lines.append(f"MLflow UI:  {summary['mlflow_ui']}")
+    else:
+        lines.append(f"MLflow UI:  the server {uri}")
+    if summary.get("runs_url"):
+        lines.append(f"trial runs: {summary['runs_url']}   (experiment {summary['experiment']})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -336,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"sweep wall time: {summary['wall_seconds']:.0f} s")
+    print(f"\nsweep wall time: {summary['wall_seconds']:.0f} s")
+    print(where_to_look(summary), flush=True)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0 if summary["finished"] else 1
