@@ -171,7 +171,7 @@ def main():
         synthetic_data(root, n, random.Random(0))
         specs = {"full": {"zero_stage": 2}, "lora": {},
                  "smf": dict(mem, mode="zero_values", selector="kl", background_batches=8, background_batch_size=4,
-                             retrofit_max_len=T)}
+                             retrofit={"max_len": T})}
         for name in ("full", "lora", "smf"):
             if name in cases:
                 try:

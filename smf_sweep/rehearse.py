@@ -304,8 +304,8 @@ class Rehearsal:
              f"train.max_steps={s['max_steps']}", f"train.train_limit={s['train_limit']}",
              f"train.warmup_steps={s['warmup']}", f"train.checkpoint_every={s['checkpoint_every']}",
              f"train.precision={precision}",
-             f"methods.smf.fixed.retrofit_max_steps={s['retrofit_steps']}",
-             f"methods.smf.fixed.retrofit_warmup_steps={s['warmup']}",
+             f"methods.smf.fixed.retrofit.max_steps={s['retrofit_steps']}",
+             f"methods.smf.fixed.retrofit.warmup_steps={s['warmup']}",
              f"methods.smf.fixed.background_batches={s['background_batches']}"]
         return load_spec(SPEC, o), o
 

@@ -16,12 +16,13 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import re
 
 import yaml
 
+from .choices import check_choices, choices, one_of
 from .methods import METHODS
 from .probes import TASKS, VARIANTS
 from .train_loop import TrainConfig
@@ -77,7 +78,10 @@ class ProbeCfg:
 @dataclass
 class Objective:
     name: str
-    mode: str                          # max | min
+    mode: Literal["max", "min"]
+
+    def __post_init__(self):
+        check_choices(self, "objective.")
 
 
 @dataclass
@@ -85,10 +89,13 @@ class Search:
     trials: int = 6                    # Optuna trials (after the points)
     concurrency: int = 2               # trials at once
     seed: int = 0                      # sampler seed
-    sampler: str = "tpe"               # tpe (Optuna 5's multi-objective default) | random | nsga2
+    sampler: Literal["tpe", "random", "nsga2"] = "tpe"   # tpe: Optuna 5's multi-objective default
     max_failures: int = 1              # Ray Train retries of a crashed worker group per trial
     trial_retries: int = 0             # Tune restarts of a failed trial; it resumes from its Train checkpoint (clusters: 1)
     driver_resource: str | None = None   # drivers need 0.001 of it; only non-preemptible nodes declare it (clusters: smf_driver)
+
+    def __post_init__(self):
+        check_choices(self, "search.")
 
 
 @dataclass
@@ -156,6 +163,10 @@ def _convert(tp, value, where: str):
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if choices(tp) is not None:                       # Literal[...]: the field's allowed values
+        if value not in choices(tp):
+            raise _err(where, f"must be {one_of(choices(tp))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -174,7 +185,7 @@ def _convert(tp, value, where: str):
         kw = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in value.items()}
         try:
             return tp(**kw)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise _err(where, str(e)) from None
     if origin is dict:
         if not isinstance(value, dict):
@@ -388,16 +399,12 @@ def validate(spec: Spec) -> None:
     for i, o in enumerate(spec.objectives):
         if o.name not in names:
             raise _err(f"objectives[{i}].name", f"unknown objective {o.name!r}; allowed: {', '.join(sorted(names))}")
-        if o.mode not in ("max", "min"):
-            raise _err(f"objectives[{i}].mode", f"must be max or min, got {o.mode!r}")
     s = spec.search
     if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0 or s.trial_retries < 0:
         raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0, trial_retries >= 0")
     if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
                                           or s.driver_resource in ("CPU", "GPU", "memory", "object_store_memory")):
         raise _err("search.driver_resource", f"a custom Ray resource name (e.g. smf_driver) or null, got {s.driver_resource!r}")
-    if s.sampler not in ("tpe", "random", "nsga2"):
-        raise _err("search.sampler", f"unknown sampler {s.sampler!r}; allowed: tpe, random, nsga2")
     if not spec.seeds:
         raise _err("seeds", "at least one seed")
     if spec.probe_batch_size < 1:
@@ -456,3 +463,4 @@ def resolve_world(spec: Spec, progress: bool = True) -> Spec:
     probes = {t: dataclasses.replace(p, source=sub(p.source) if p.source else None) for t, p in spec.probes.items()}
     model = str(wdir / "model") if spec.model == "world:" else spec.model
     return dataclasses.replace(spec, model=model, data=data, probes=probes)
+

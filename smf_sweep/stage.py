@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 import torch
 from torch import nn
 
-from .precision import PRECISIONS
+from .choices import check_choices
 
 if TYPE_CHECKING:
     from .batching import Batcher
@@ -47,15 +47,17 @@ class TrainConfig:
     lr_floor: float = 0.0             # cosine decays to lr · lr_floor
     weight_decay: float = 0.0         # QWEN SMF: AdamW wd 0 (LIN full FT: 0.1, set per method)
     grad_clip: float = 1.0            # QWEN: grad clip 1.0
-    loss_on: str = "all"              # "all" non-pad tokens (QWEN) or "answer" (the completion only)
+    loss_on: Literal["all", "answer"] = "all"   # all non-pad tokens (QWEN) or the answer (the completion only)
     append_eos: bool = False          # QWEN appends no EOS to training text; True trains on one per example
-    precision: str = "auto"           # fp32, or bf16 = bf16 autocast over fp32 weights (GPU: HF Trainer's bf16);
-                                      # auto: the spec resolves it once (bf16 if any method uses GPUs)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # precision.py: fp32, or bf16 = bf16 autocast over fp32
+                                      # weights (GPU: HF Trainer's bf16); auto: the spec resolves it once
+                                      # (bf16 if any method uses GPUs)
     checkpoint_every: int = 0         # optimizer steps between checkpoints; 0 = never
     log_every: int = 10               # optimizer steps between metric reports
     train_limit: int | None = None    # QWEN: 60k single-choice rows after a shuffle with the trial's seed (None = all)
 
     def __post_init__(self):
+        check_choices(self, "train: ")
         checks = [(self.lr > 0, "lr must be > 0"), (self.epochs > 0, "epochs must be > 0"),
                   (self.micro_batch_size >= 1, "micro_batch_size must be >= 1"),
                   (self.effective_batch >= self.micro_batch_size and self.effective_batch % self.micro_batch_size == 0,
@@ -64,8 +66,6 @@ class TrainConfig:
                   (self.max_len >= 8, "max_len must be >= 8"),
                   (self.warmup_steps >= 0, "warmup_steps must be >= 0"), (self.log_every >= 1, "log_every must be >= 1"),
                   (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0 = never)"),
-                  (self.loss_on in ("all", "answer"), "loss_on must be 'all' or 'answer'"),
-                  (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 or null")]
         for ok, msg in checks:
             if not ok:

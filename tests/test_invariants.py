@@ -19,7 +19,7 @@ TASKS = ("medmcqa", "triviaqa", "wikitext")
 # zero_values: the memory is function-preserving at init, so SMF's null trial starts from the base
 # model itself (additive/replace change the function before training: that is the retrofit's drift)
 SMF_NULL = {"layers": [1], "n_keys": 8, "heads": 2, "k": 4, "d_k": 16, "top_t": 6, "mode": "zero_values",
-            "selector": "kl", "background_batches": 8, "retrofit_max_len": 64}
+            "selector": "kl", "background_batches": 8, "retrofit": {"max_len": 64}}
 METHODS = [("smf", SMF_NULL), ("lora", {}), ("full", {})]
 
 

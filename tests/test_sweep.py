@@ -17,7 +17,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-SHORT = ["train.max_steps=12", "train.log_every=4", "methods.smf.fixed.retrofit_max_steps=6",
+SHORT = ["train.max_steps=12", "train.log_every=4", "methods.smf.fixed.retrofit.max_steps=6",
          "methods.smf.fixed.background_batches=40"]
 
 

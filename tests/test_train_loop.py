@@ -12,8 +12,8 @@ import torch
 from smf_sweep.worker import train_worker
 
 PKG = Path(__file__).resolve().parents[1] / "smf_sweep"
-SMF_TINY = {"layers": [1], "n_keys": 8, "heads": 2, "k": 4, "d_k": 16, "top_t": 6, "retrofit_max_steps": 3,
-            "retrofit_max_len": 64, "background_batches": 8, "retrofit_warmup_steps": 1}
+SMF_TINY = {"layers": [1], "n_keys": 8, "heads": 2, "k": 4, "d_k": 16, "top_t": 6, "background_batches": 8,
+            "retrofit": {"max_steps": 3, "max_len": 64, "warmup_steps": 1}}
 
 
 def _config(world, method, method_cfg=None, **train):
@@ -231,3 +231,68 @@ def test_retrofit_trains_memory_only_and_is_cached(tiny_world, tmp_path):
     assert stages == ["retrofit"] and setup2.info["retrofit_key"] == setup.info["retrofit_key"]
     mem2 = {n: p for w in memory_layers(model2) for n, p in w.memory.named_parameters()}
     assert all(torch.equal(mem[n], mem2[n]) for n in mem)
+
+
+def test_choices_are_literals_beside_their_fields_and_agree_with_their_users():
+    """String choices are Literal[...] on the field; __post_init__ names the field and the values."""
+    import typing
+
+    from smf_sweep.memory import GRANULARITIES, MODES
+    from smf_sweep.methods import METHODS
+    from smf_sweep.precision import PRECISIONS
+    from smf_sweep.stage import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert typing.get_args(hints["precision"]) == PRECISIONS and typing.get_args(hints["loss_on"]) == ("all", "answer")
+    smf = typing.get_type_hints(METHODS["smf"].Config)
+    assert typing.get_args(smf["mode"]) == MODES and typing.get_args(smf["granularity"]) == GRANULARITIES
+    with pytest.raises(ValueError, match=r"^train: loss_on must be all or answer, got 'prompt'$"):
+        TrainConfig(loss_on="prompt")
+    with pytest.raises(ValueError, match=r"^smf\.mode must be replace, additive or zero_values, got 'sum'$"):
+        METHODS["smf"].Config(mode="sum")
+    with pytest.raises(ValueError, match=r"^smf\.granularity must be micro or step"):
+        METHODS["smf"].Config(granularity="batch")
+    with pytest.raises(ValueError, match=r"smf\.selector: unknown 'bm25'; allowed: .*kl.*tfidf"):   # a registry
+        METHODS["smf"].Config(selector="bm25")
+
+
+def test_smf_retrofit_is_a_train_config_over_the_study_recipe():
+    from dataclasses import asdict
+
+    from smf_sweep.methods import METHODS
+    from smf_sweep.stage import TrainConfig
+
+    Config = METHODS["smf"].Config
+    rt = Config().retrofit
+    assert isinstance(rt, TrainConfig)
+    assert (rt.epochs, rt.lr, rt.effective_batch, rt.micro_batch_size, rt.warmup_steps, rt.max_len, rt.weight_decay) \
+        == (2.0, 5e-4, 16, 4, 100, 1024, 0.0)                 # QWEN's retrofit
+    c = Config(retrofit={"max_steps": 6, "lr": 1e-3})          # a spec's mapping: over the recipe, not TrainConfig's
+    assert (c.retrofit.max_steps, c.retrofit.lr, c.retrofit.epochs) == (6, 1e-3, 2.0)
+    assert Config(**asdict(c)) == c                            # the worker rebuilds it from plain data
+    for bad, words in [({"lrr": 1}, "smf.retrofit: unknown key(s) ['lrr']"), ({"lr": -1}, "smf.retrofit: lr must be > 0"),
+                       ({"precision": "bf16"}, "smf.retrofit.precision: not settable (the precision regime is the sweep's"),
+                       ({"checkpoint_every": 5}, "smf.retrofit.checkpoint_every: not settable"),
+                       ({"loss_on": "answer"}, "smf.retrofit.loss_on: not settable")]:
+        with pytest.raises(ValueError) as e:
+            Config(retrofit=bad)
+        assert words in str(e.value), str(e.value)
+
+
+
+def test_a_spec_sets_the_retrofit_as_a_mapping_and_literal_choices_fail_by_name():
+    from smf_sweep.spec import SpecError, build_configs, load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(root / "search_spaces" / "pareto.yaml", ["methods.smf_study.fixed.retrofit.max_steps=6"])
+    study, _ = build_configs(spec, "smf_study", {})
+    ours, _ = build_configs(spec, "smf", {})
+    assert (study.retrofit.max_steps, study.retrofit.epochs, study.retrofit.lr) == (6, 2.0, 5e-4)
+    assert ours.retrofit.max_steps is None and ours.retrofit.effective_batch == 16
+    for override, words in [("methods.smf.fixed.retrofit.lrr=1", ["methods.smf.fixed", "smf.retrofit: unknown key(s) ['lrr']"]),
+                            ("methods.smf.fixed.retrofit_epochs=2", ["methods.smf.fixed.retrofit_epochs", "retrofit"]),
+                            ("search.sampler=grid", ["search.sampler: must be tpe, random or nsga2, got 'grid'"]),
+                            ("train.precision=fp16", ["train", "precision must be auto, fp32 or bf16"])]:
+        with pytest.raises(SpecError) as e:
+            load_spec(root / "search_spaces" / "pareto.yaml", [override])
+        assert all(w in str(e.value) for w in words), str(e.value)

@@ -13,19 +13,53 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from ..cache import get_or_create
+from ..choices import check_choices
+from ..memory import (OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater, compute_background,
+                      freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory, save_memory)
 from ..precision import autocast
-from ..memory import (GRANULARITIES, MODES, OPTIMIZERS, SELECTORS, BackgroundStats, MemoryConfig, SparseUpdater,
-                      compute_background, freeze_for_retrofit, freeze_for_sparse, insert_memory, load_memory,
-                      save_memory)
 from ..stage import Hooks, Setup, Stage, StageCache, TorchStepper, TrainConfig, Training, cosine_schedule
 from .base import SetupContext, prepared
+
+
+def retrofit_recipe(**over) -> TrainConfig:
+    """QWEN's retrofit (OASST1 assistant turns): 2 epochs, lr 5e-4 cosine with 100 warmup steps,
+    AdamW wd 0, batch 16 for any worker count (micro-batch 4), max_len 1024, grad clip 1.0 — `over`
+    replaces any of them."""
+    return TrainConfig(**{"lr": 5e-4, "epochs": 2.0, "warmup_steps": 100, "weight_decay": 0.0,
+                          "micro_batch_size": 4, "effective_batch": 16, "max_len": 1024, "grad_clip": 1.0, **over})
+
+
+# TrainConfig fields the retrofit does not take: what they would set is the trial's, or does not apply
+_NOT_RETROFIT = {"precision": ("auto", "the precision regime is the sweep's (train.precision)"),
+                 "checkpoint_every": (0, "the retrofit is cached, not checkpointed (a restarted trial reloads it)"),
+                 "loss_on": ("all", "OASST1 text has no answer span: the loss is on every token"),
+                 "train_limit": (None, "the retrofit reads every OASST1 text")}
+
+
+def _retrofit_config(value) -> TrainConfig:
+    """`retrofit` as given (a TrainConfig, or a mapping of its fields over retrofit_recipe()), checked."""
+    if isinstance(value, dict):
+        known = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"smf.retrofit: unknown key(s) {unknown}; allowed: {', '.join(sorted(known))}")
+        try:
+            value = retrofit_recipe(**value)
+        except ValueError as e:
+            raise ValueError(f"smf.retrofit: {str(e).removeprefix('train: ')}") from None
+    if not isinstance(value, TrainConfig):
+        raise ValueError(f"smf.retrofit: a mapping of training fields (epochs, lr, max_steps, …), got {value!r}")
+    for name, (default, why) in _NOT_RETROFIT.items():
+        if getattr(value, name) != default:
+            raise ValueError(f"smf.retrofit.{name}: not settable ({why})")
+    return value
 
 
 @dataclass
@@ -37,34 +71,29 @@ class SMFConfig:
     k: int = 16                           # slots read per head per token (QWEN)
     d_k: int = 256                        # query size per head (QWEN)
     v_dim: int | None = None              # None = the model's hidden size
-    mode: str = "additive"                # QWEN default; "zero_values" is ours (no retrofit needed)
+    mode: Literal["replace", "additive", "zero_values"] = "additive"   # QWEN: additive; zero_values is ours (no retrofit)
     alpha_init: float = 0.01              # QWEN: α of the additive mode
     count_padding: bool = False           # [ours] pads are not accesses; True = QWEN's code
     # the sparse update
     selector: str = "kl"                  # QWEN's KL selector; tfidf = LIN; tf, random = controls
     top_t: int = 512                      # QWEN: 512 rows per layer per selection
-    granularity: str = "micro"            # QWEN selects per micro-batch; "step" = LIN (per optimizer batch)
+    granularity: Literal["micro", "step"] = "micro"   # QWEN selects per micro-batch; step = LIN (per optimizer batch)
     optimizer: str = "adamw"              # [ours] leak-free row-masked AdamW; "adamw_leaky" = QWEN's code; "sgd" = LIN
-    # dense retrofit (QWEN: OASST1 assistant turns, 2 epochs, lr 5e-4 cosine, AdamW wd 0, batch 16)
-    retrofit_epochs: float = 2.0
-    retrofit_lr: float = 5e-4
-    retrofit_max_steps: int | None = None  # cap (smoke runs)
-    retrofit_micro_batch_size: int = 4
-    retrofit_effective_batch: int = 16    # QWEN: batch 16, for any worker count
-    retrofit_warmup_steps: int = 100
-    retrofit_max_len: int = 1024
+    # the dense retrofit (replace/additive), its own TrainConfig; spec: `retrofit: {epochs: 2, max_steps: 6}`,
+    # the keys given over retrofit_recipe() — not over TrainConfig's defaults. Its precision is the trial's.
+    retrofit: TrainConfig = field(default_factory=retrofit_recipe)
     # background statistics (QWEN: 2000 single-sequence OASST1 batches; LIN: 1000 DCLM batches)
     background_batches: int = 2000
     background_batch_size: int = 1
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
+        check_choices(self, "smf.")
         self.memory()  # validates the memory fields
-        for name, value, allowed in (("selector", self.selector, SELECTORS.names()),
-                                     ("granularity", self.granularity, list(GRANULARITIES)),
-                                     ("optimizer", self.optimizer, OPTIMIZERS.names())):
-            if value not in allowed:
-                raise ValueError(f"smf.{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
+        for name, value, registry in (("selector", self.selector, SELECTORS), ("optimizer", self.optimizer, OPTIMIZERS)):
+            if value not in registry:
+                raise ValueError(f"smf.{name}: unknown {value!r}; allowed: {', '.join(registry.names())}")
+        self.retrofit = _retrofit_config(self.retrofit)
         if self.top_t < 1:
             raise ValueError(f"smf.top_t must be >= 1, got {self.top_t}")
         if self.background_batches < 1:
@@ -134,11 +163,7 @@ class SMF:
         from ..batching import Batcher, text_examples
         from ..data import oasst1_texts
 
-        rt = TrainConfig(lr=cfg.retrofit_lr, epochs=cfg.retrofit_epochs, max_steps=cfg.retrofit_max_steps,
-                         micro_batch_size=cfg.retrofit_micro_batch_size, effective_batch=cfg.retrofit_effective_batch,
-                         max_len=cfg.retrofit_max_len, warmup_steps=cfg.retrofit_warmup_steps, weight_decay=0.0,
-                         grad_clip=ctx.train.grad_clip, precision=ctx.train.precision, append_eos=ctx.train.append_eos,
-                         log_every=ctx.train.log_every)
+        rt = replace(cfg.retrofit, precision=ctx.train.precision)      # the trial's regime
         source = ctx.data["retrofit"]
         key = _digest("retrofit", base_fp, cfg.memory().to_dict(), source, rt.to_dict(), ctx.seed, ctx.world_size)
         steps: dict = {}
@@ -146,12 +171,13 @@ class SMF:
         def train() -> Training:  # on a miss, every rank
             texts = list(oasst1_texts(source, "train"))
             params = freeze_for_retrofit(model)
-            opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=0.0)
+            opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=rt.weight_decay)
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=rt.micro_batch_size,
                               max_len=rt.max_len, effective_batch=rt.effective_batch, append_eos=rt.append_eos,
                               seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
             steps["total"] = total = rt.total_steps(batcher.steps_per_epoch)
-            stepper = TorchStepper(params, opt, cosine_schedule(opt, rt.warmup_steps, total), rt.grad_clip, ctx.world_size)
+            stepper = TorchStepper(params, opt, cosine_schedule(opt, rt.warmup_steps, total, rt.lr_floor), rt.grad_clip,
+                                   ctx.world_size)
             return Training(Setup(model=model, stepper=stepper, export=lambda: model), batcher, rt, total)
 
         def write(tmp: Path):  # rank 0 only, under the entry's lock, after training
@@ -178,12 +204,12 @@ class SMF:
         source = ctx.data["retrofit"]
         regime = (ctx.train.precision, ctx.train.append_eos)   # counted as training counts: same autocast, same text
         key = _digest("background", addressing_fingerprint(model), source, cfg.background_batches,
-                      cfg.background_batch_size, cfg.count_padding, cfg.retrofit_max_len, *regime)
+                      cfg.background_batch_size, cfg.count_padding, cfg.retrofit.max_len, *regime)
 
         def build(tmp: Path):  # one process per key; ranks of a multi-rank trial wait and load
             texts = list(oasst1_texts(source, "train"))
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=cfg.background_batch_size,
-                              max_len=cfg.retrofit_max_len, append_eos=ctx.train.append_eos, seed=ctx.seed)
+                              max_len=cfg.retrofit.max_len, append_eos=ctx.train.append_eos, seed=ctx.seed)
             batches = (batcher.micro_batch(i) for i in range(cfg.background_batches))
             with autocast(ctx.device, ctx.train.precision):
                 bg = compute_background(model, batches, count_padding=cfg.count_padding)
