@@ -78,3 +78,18 @@ def test_checkpoint_loads_tensors_only(tmp_path):
     torch.save(st, tmp_path / "stepper.pt")
     with pytest.raises(pickle.UnpicklingError):
         stepper.load(tmp_path)
+
+
+def test_wikitext_harness_defaults_to_the_document_level_dataset():
+    """The spec's WikiText source (Salesforce/wikitext, line level) feeds the study variant; the
+    harness variant scores documents from EleutherAI/wikitext_document_level."""
+    from pathlib import Path
+
+    from smf_sweep.spec import load_spec
+    from smf_sweep.trial import probe_specs
+
+    pareto = Path(__file__).resolve().parents[1] / "search_spaces" / "pareto.yaml"
+    study = {p["task"]: p for p in probe_specs(load_spec(pareto))}
+    assert study["wikitext"]["source"] == "Salesforce/wikitext"
+    harness = {p["task"]: p for p in probe_specs(load_spec(pareto, ["probes.wikitext.variant=harness"]))}
+    assert harness["wikitext"]["source"] == "EleutherAI/wikitext_document_level"
