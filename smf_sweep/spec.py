@@ -464,3 +464,20 @@ def resolve_world(spec: Spec, progress: bool = True) -> Spec:
     model = str(wdir / "model") if spec.model == "world:" else spec.model
     return dataclasses.replace(spec, model=model, data=data, probes=probes)
 
+
+def resolve_world_dry(spec: Spec) -> Spec:
+    """What `resolve_world(spec)` returns, without building the world: its directory is the world's
+    cache path (world.default_world_dir of the spec's WorldConfig). For comparing a spec with a
+    sweep's frozen spec.json before anything is built (preflight.check_sweep_dir)."""
+    vals = [spec.model, *(getattr(spec.data, f.name) for f in fields(Data)),
+            *(p.source or "" for p in spec.probes.values())]
+    if not any(v == "world:" or v.startswith("world:") and not v[6:] for v in vals):
+        return spec
+    from .world import WorldConfig, default_world_dir
+
+    wdir = default_world_dir(WorldConfig(**(spec.world or {})))
+    sub = lambda v: f"world:{wdir}" if v == "world:" else v  # noqa: E731
+    data = Data(**{f.name: sub(getattr(spec.data, f.name)) for f in fields(Data)})
+    probes = {t: dataclasses.replace(p, source=sub(p.source) if p.source else None) for t, p in spec.probes.items()}
+    model = str(wdir / "model") if spec.model == "world:" else spec.model
+    return dataclasses.replace(spec, model=model, data=data, probes=probes)

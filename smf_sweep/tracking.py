@@ -274,14 +274,20 @@ class MLflowTrialLogger(Callback):
 
 
 def failure_reason(trial) -> str:
-    """The last line of the trial's error trace: the exception and its message."""
-    text = ""
-    try:
-        text = trial.get_error() or ""
-    except Exception:
-        pass
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "TrialFailed" in ln or "NonFiniteLoss" in ln:
-            return ln.strip()
-    return lines[-1].strip() if lines else "unknown error"
+    """Why a trial failed: the reason its driver reported last (tune.sweep_trial: the exception's
+    type and message and its innermost frames), else read from Tune's error text — the trial's local
+    error.txt (written before callbacks hear of the error; the copy under the sweep dir is synced
+    later, which is how the reason used to be lost as "unknown error")."""
+    reason = (getattr(trial, "last_result", None) or {}).get("failure_reason")
+    if reason:
+        return str(reason)
+    from .failures import reason_from_text
+
+    for read in (lambda: Path(trial.error_file).read_text(), trial.get_error):
+        try:
+            text = str(read() or "")
+        except Exception:  # noqa: BLE001 — no error file (yet): try the next source
+            text = ""
+        if text.strip():
+            return reason_from_text(text)
+    return "unknown error: Tune recorded no error text for this trial"

@@ -171,7 +171,11 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
             failure_config=ray.train.FailureConfig(max_failures=spec.search.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     t0 = time.perf_counter()
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as e:     # Ray Train's TrainingFailedError: the worker's own exception is inside it
+        from .failures import describe_error
+        raise TrialFailed(describe_error(e)) from e
     m = dict(result.metrics or {})
     if m.get("diverged"):
         raise TrialFailed(m.get("failure_reason", "diverged"))
@@ -220,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"{args.spec}: methods.{args.method}: not in this spec; it has "
                             f"{', '.join(spec.methods)}")
         params = trial_params(spec, args.method, args.param)
+        from .preflight import preflight
+        for w in preflight(spec, arm=args.method, params=params):   # this trial against the model's config
+            print(f"warning: {w}", file=sys.stderr)
     except (SpecError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -233,10 +240,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                sort_keys=True, default=str).encode()).hexdigest()[:10]
     try:
         out = run_trial(spec, args.method, params, seed, base, name=name)
-    except TrialFailed as e:
-        print(f"trial failed: {e}", file=sys.stderr)
+    except Exception as e:     # TrialFailed (run_trial's reason), or anything else: its type, message, frames
+        from .failures import describe_error
+        reason = str(e) if isinstance(e, TrialFailed) else describe_error(e)
+        print(f"trial failed: {reason}", file=sys.stderr)
         if args.json:
-            print(json.dumps({"status": "failed", "failure_reason": str(e)}))
+            print(json.dumps({"status": "failed", "failure_reason": reason}))
         return 1
     print(format_outcome(spec, out, params, base))
     if args.json:

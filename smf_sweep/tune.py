@@ -67,13 +67,31 @@ def make_searcher(spec: Spec):
         result lacks a finite objective (e.g. it failed after intermediate training reports), is
         told FAIL. (Ray's own version tells [None, None] as COMPLETE, which Optuna rejects.)"""
 
+        def on_trial_result(self, trial_id, result):
+            """A failing trial's driver reports why before it raises (sweep_trial); Tune then calls
+            on_trial_complete(error=True) without a result, so the reason is kept here till then."""
+            if isinstance(result, dict) and result.get("failure_reason"):
+                self.__dict__.setdefault("_failure_reasons", {})[trial_id] = str(result["failure_reason"])
+            super().on_trial_result(trial_id, result)
+
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             vals = [(result or {}).get(m) for m in metrics]
-            if error or any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in vals):
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+            reason = self.__dict__.get("_failure_reasons", {}).pop(trial_id, None) or (result or {}).get("failure_reason")
+            bad = [m for m, v in zip(metrics, vals) if not isinstance(v, (int, float)) or not math.isfinite(v)]
+            if error or bad:
+                if not reason:
+                    reason = ("the trial errored without reporting a reason (its process died?); Tune's error.txt in "
+                              "the trial's directory under <sweep dir>/tune has the trace" if error else
+                              f"its final result has no finite {', '.join(bad)}: {[(result or {}).get(m) for m in bad]}")
+                ot = self._ot_trials[trial_id]
+                try:            # user attr failure_reason of the FAIL trial (study.trials_dataframe shows it)
+                    ot.set_user_attr("failure_reason", str(reason)[:5000])
+                except Exception as e:  # noqa: BLE001 — the FAIL below matters more than its note
+                    print(f"warning: could not record trial {trial_id}'s failure reason in Optuna: {e}", file=sys.stderr)
+                self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
                 self._completed_trials.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result, error)
@@ -104,15 +122,30 @@ def make_searcher(spec: Spec):
 
 # ---- one Tune trial ------------------------------------------------------------------------------
 def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
-    """The Tune function (driver) of one trial: a Ray Train run, then the final report."""
+    """The Tune function (driver) of one trial: a Ray Train run, then the final report.
+
+    A trial that fails reports why first (`failure_reason`: the exception's type and message and its
+    innermost frames, failures.describe_error) and then raises TrialFailed with that reason: Tune's
+    searcher and callbacks are told of an error without its text, but they see results, so the
+    reason reaches Optuna (SafeOptunaSearch: user attr failure_reason) and MLflow (tag
+    failure_reason), and Tune's own error (error.txt, Result.error) ends with it."""
     from ray import tune
 
-    from .trial import run_trial
+    from .failures import describe_error
+    from .trial import TrialFailed, run_trial
 
-    method, params, seed = trial_params(config)
-    seed = spec.seeds[0] if seed is None else seed
-    name = f"train-{tune.get_context().get_trial_id()}"     # stable: a restarted trial resumes its run
-    out = run_trial(spec, method, params, seed, base, name=name, in_tune=True)
+    try:
+        method, params, seed = trial_params(config)
+        seed = spec.seeds[0] if seed is None else seed
+        name = f"train-{tune.get_context().get_trial_id()}"     # stable: a restarted trial resumes its run
+        out = run_trial(spec, method, params, seed, base, name=name, in_tune=True)
+    except Exception as e:
+        reason = str(e) if isinstance(e, TrialFailed) else describe_error(e)   # TrialFailed: already a reason
+        try:
+            tune.report({"failure_reason": reason, "trial_failed": 1})
+        except Exception:  # noqa: BLE001 — the raise below still carries the reason
+            pass
+        raise TrialFailed(reason) from e
     tune.report({**out, "trial_done": 1})
 
 
@@ -202,6 +235,11 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     from .tracking import MLflowTrialLogger, SweepTracker, check_tracking_uri
     from .trial import base_probes
 
+    from .preflight import check_sweep_dir, preflight, write_frozen_spec
+
+    check_sweep_dir(spec)                 # the sweep dir holds one spec: another is refused, naming the keys
+    for w in preflight(spec):             # the spec against its model's config (no weights), before Ray
+        print(f"warning: {w}", file=sys.stderr, flush=True)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")   # training reports lack objectives
     sweep = spec.sweep_dir()
     sweep.mkdir(parents=True, exist_ok=True)
@@ -212,8 +250,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
                  include_dashboard=False if not os.environ.get("RAY_ADDRESS") else None)
     check_driver_resource(spec)           # before the world is built and any trial starts
     spec = resolve_world(spec, progress=progress)
-    frozen = sweep / "spec.json"
-    frozen.write_text(json.dumps({"source": spec.source_file, **spec.to_dict()}, indent=1, default=str))
+    frozen = write_frozen_spec(spec)      # <sweep dir>/spec.json: later submissions must match it (check_sweep_dir)
     experiment = f"smf_sweep/{spec.name}"
     (sweep / "sweep.json").write_text(json.dumps({"name": spec.name, "tracking_uri": uri, "experiment_name": experiment,
                                                   "spec_hash": spec.spec_hash()}, indent=1))
