@@ -58,7 +58,7 @@ class RandomBatcher:
     def __init__(self, B: int, T: int, vocab: int, dev):
         g = torch.Generator().manual_seed(0)
         self.x = torch.randint(1, vocab, (8, B, T), generator=g)
-        self.per_epoch = 10 ** 6
+        self.per_epoch = self.steps_per_epoch = 10 ** 6
 
     def micro_batch(self, k: int):
         x = self.x[k % len(self.x)]

@@ -82,6 +82,7 @@ SIZES = {
 NULL_LR, NULL_STEPS, NULL_TOL = 1e-30, 2, 1e-3
 METHOD_CHECKS = ("smf_kl", "smf_tfidf", "lora", "full")
 NULL_METHODS = ("smf", "lora", "full")
+SMF_ARMS = ("smf_study", "smf", "smf_zero")   # pareto.yaml's SMF arms: counts are shrunk in each
 STUDY_SMF_ARM = "smf_study"   # pareto.yaml's arm with the study's SMF recipe (adamw_leaky, padding counted, additive)
 COUNTERS = ("train/optimizer_steps", "train/examples_seen", "train/effective_batch")
 NEVER_IMPORTED = ("ray", "mlflow", "optuna")     # absent on the GPU machine
@@ -304,9 +305,9 @@ class Rehearsal:
              f"train.max_steps={s['max_steps']}", f"train.train_limit={s['train_limit']}",
              f"train.warmup_steps={s['warmup']}", f"train.checkpoint_every={s['checkpoint_every']}",
              f"train.precision={precision}",
-             f"methods.smf.fixed.retrofit.max_steps={s['retrofit_steps']}",
-             f"methods.smf.fixed.retrofit.warmup_steps={s['warmup']}",
-             f"methods.smf.fixed.background_batches={s['background_batches']}"]
+             *(f"methods.{arm}.fixed.{k}={v}" for arm in SMF_ARMS for k, v in (
+                 ("retrofit.max_steps", s["retrofit_steps"]), ("retrofit.warmup_steps", s["warmup"]),
+                 ("background_batches", s["background_batches"])))]
         return load_spec(SPEC, o), o
 
     def base_probes(self, precision: str) -> dict:
