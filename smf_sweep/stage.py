@@ -155,7 +155,7 @@ class TorchStepper:
                 torch.distributed.all_reduce(p.grad)
                 p.grad.div_(self.world)
         if self.clip:
-            out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+            out["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, self.clip)   # a tensor: read at log time
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)

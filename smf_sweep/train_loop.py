@@ -33,11 +33,17 @@ class NonFiniteLoss(RuntimeError):
 Reporter = Callable[[dict, "Path | None"], None]
 
 
-def _all_ranks_finite(loss: torch.Tensor, world_size: int) -> bool:
-    bad = torch.tensor([0.0 if torch.isfinite(loss).item() else 1.0], device=loss.device)
+def _all_ranks_finite(step_loss: torch.Tensor, world_size: int) -> bool:
+    """The step's one host sync: is the summed loss of the step finite on every rank?"""
+    bad = (~torch.isfinite(step_loss)).float().reshape(1)          # (1,)
     if world_size > 1 and dist.is_initialized():
         dist.all_reduce(bad)
     return bad.item() == 0
+
+
+def _host(v) -> float | int | str:
+    """A logged value as a Python number (tensors are synced here, at log time only)."""
+    return v.item() if isinstance(v, torch.Tensor) else v
 
 
 def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter, *, stage: str = "train",
@@ -49,7 +55,10 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     Each optimizer step takes `cfg.accumulation(world_size)` micro-batches on every worker, i.e.
     `cfg.effective_batch` examples in all. A checkpoint directory is deleted once `report` returns
     (the reporter copies what it keeps: Ray Train uploads it to storage during report).
-    Raises NonFiniteLoss if the loss is NaN/inf on any rank (checked every micro-batch)."""
+
+    One host sync per optimizer step: losses, token counts and the hooks' and stepper's figures stay
+    on the device and are read at log time. Raises NonFiniteLoss if the loss of a step is NaN/inf on
+    any rank, before that step's update (the gradients of a NaN loss never reach the weights)."""
     accum = cfg.accumulation(world_size)
     total = total_steps or cfg.total_steps(batcher.steps_per_epoch)
     start = 0
@@ -59,27 +68,30 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     model, hooks, stepper = setup.model, setup.hooks, setup.stepper
     model.train()
     last: dict = {}
-    window = {"loss": 0.0, "tokens": 0, "t": time.perf_counter(), "micro": 0}
+    zero = lambda: torch.zeros((), device=device)   # noqa: E731
+    window = {"loss": zero(), "tokens": zero(), "t": time.perf_counter(), "micro": 0}   # on the device
     examples = start * cfg.effective_batch          # every step sees effective_batch examples (all ranks)
     bar = None
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc=stage, mininterval=2)
     for step in range(start, total):
+        step_loss = zero()
         for m in range(accum):
-            batch = {k: v.to(device) for k, v in batcher.micro_batch(step * accum + m).items()}
+            batch = {k: v.to(device, non_blocking=True) for k, v in batcher.micro_batch(step * accum + m).items()}
             with autocast(device, cfg.precision):
                 loss = model(**batch).loss
-            if not _all_ranks_finite(loss.detach(), world_size):
-                raise NonFiniteLoss(f"{stage}: loss is {loss.item()} at step {step + 1}/{total} "
-                                    f"(micro-batch {m + 1}/{accum}, lr {stepper.lr():.3g})")
             hooks.after_forward(batch)
             stepper.backward(loss, accum)
             stepper.micro_step(m == accum - 1)
-            window["loss"] += loss.item()
-            window["micro"] += 1
-            window["tokens"] += int(batch["attention_mask"].sum())
+            step_loss += loss.detach().float()
+            window["tokens"] += batch["attention_mask"].sum()
             examples += batch["input_ids"].shape[0] * world_size
+        if not _all_ranks_finite(step_loss, world_size):
+            raise NonFiniteLoss(f"{stage}: loss is {(step_loss / accum).item()} at step {step + 1}/{total} "
+                                f"(mean of {accum} micro-batches, lr {stepper.lr():.3g})")
+        window["loss"] += step_loss
+        window["micro"] += accum
         lr = stepper.lr()
         extra = hooks.before_step()
         extra.update(stepper.step())
@@ -92,12 +104,12 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
             metrics = {f"{stage}/step": done}
             if log:
                 dt = time.perf_counter() - window["t"]
-                metrics.update({f"{stage}/loss": window["loss"] / window["micro"], f"{stage}/lr": lr,
-                                f"{stage}/tokens_per_s": window["tokens"] * world_size / max(dt, 1e-9),
+                metrics.update({f"{stage}/loss": window["loss"].item() / window["micro"], f"{stage}/lr": lr,
+                                f"{stage}/tokens_per_s": window["tokens"].item() * world_size / max(dt, 1e-9),
                                 f"{stage}/optimizer_steps": done, f"{stage}/examples_seen": examples,
                                 f"{stage}/effective_batch": cfg.effective_batch,
-                                **{f"{stage}/{k}": v for k, v in extra.items()}})
-                window = {"loss": 0.0, "tokens": 0, "t": time.perf_counter(), "micro": 0}
+                                **{f"{stage}/{k}": _host(v) for k, v in extra.items()}})
+                window = {"loss": zero(), "tokens": zero(), "t": time.perf_counter(), "micro": 0}
                 last = metrics
             ckpt = _checkpoint(setup, stage, done) if save else None
             try:

@@ -28,12 +28,16 @@ FORMAT = 1  # version of the background file layout
 
 def count_accesses(idx: torch.Tensor, n_slots: int, attention_mask: torch.Tensor | None = None,
                    count_padding: bool = False) -> torch.Tensor:
-    """idx (B, T, H, k) slot indices, attention_mask (B, T) -> counts (N,) long."""
+    """idx (B, T, H, k) slot indices, attention_mask (B, T) -> counts (N,) long.
+
+    A scatter-add of 0/1 weights (not boolean indexing, not bincount, whose output sizes depend on
+    the data): no host sync on an accelerator; integer adds, so exact in any order."""
+    w = torch.ones_like(idx)                                                     # (B, T, H, k)
     if attention_mask is not None and not count_padding:
         if attention_mask.shape != idx.shape[:2]:
             raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match indices {tuple(idx.shape)}")
-        idx = idx[attention_mask.to(idx.device).bool()]  # (M, H, k): real tokens only
-    return torch.bincount(idx.reshape(-1), minlength=n_slots)  # (N,)
+        w = w * attention_mask.to(idx.device, torch.long)[:, :, None, None]      # pads weigh 0
+    return torch.zeros(n_slots, dtype=torch.long, device=idx.device).scatter_add_(0, idx.reshape(-1), w.reshape(-1))
 
 
 class AccessRecorder:

@@ -12,6 +12,10 @@
 
 Every parameter that has a gradient must have a mask set before `step()`, or `step()` raises:
 a missing mask is a bug in the loop, not "update everything".
+
+`sgd` and `adamw` update through `Rows`: on a CPU they gather the R selected rows (finding them is
+a host sync, free there); on an accelerator they compute every row and keep the selected ones with
+`torch.where` — no host sync, and unselected rows are still bit-identical (`dense=` forces either).
 """
 from __future__ import annotations
 
@@ -24,11 +28,31 @@ from ..registry import Registry
 OPTIMIZERS: Registry = Registry("optimizer")
 
 
+class Rows:
+    """The selected rows of one step, read (`get`) and written (`put`) either gathered (R rows,
+    indices found on the host) or dense (all N rows, the update kept where the mask is set)."""
+
+    def __init__(self, mask: torch.Tensor, dense: bool):
+        self.mask, self.dense = mask, dense                                      # (N,) bool
+        self.index = None if dense else mask.nonzero().squeeze(1)               # (R,)
+
+    def get(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clone() if self.dense else t.index_select(0, self.index)        # (N | R, …)
+
+    def put(self, t: torch.Tensor, new: torch.Tensor) -> None:
+        if self.dense:
+            keep = self.mask.view(-1, *[1] * (t.dim() - 1))                      # (N, 1, …)
+            t.copy_(torch.where(keep, new, t))
+        else:
+            t.index_copy_(0, self.index, new)
+
+
 class RowMasked:
     """Mixin: per-parameter row masks for the next step."""
 
-    def _init_rows(self) -> None:
+    def _init_rows(self, dense: bool | None = None) -> None:
         self._rows: dict[torch.Tensor, torch.Tensor] = {}
+        self._dense = dense            # None: dense on accelerators (no host sync), gathered on a CPU
 
     def set_rows(self, rows: Mapping[torch.Tensor, torch.Tensor]) -> None:
         """rows: {param (N, D): bool (N,)} for the next step()."""
@@ -46,11 +70,12 @@ class RowMasked:
         except KeyError:
             raise RuntimeError("step() on a parameter with a gradient but no row mask: call set_rows() first") from None
 
-    def _take_index(self, p: torch.Tensor) -> torch.Tensor:
-        return self._take_rows(p).nonzero().squeeze(1)  # (R,) selected row indices
+    def _take(self, p: torch.Tensor) -> Rows:
+        dense = p.device.type != "cpu" if self._dense is None else self._dense
+        return Rows(self._take_rows(p), dense)
 
-    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
-        raise NotImplementedError  # write p's rows r (R,) from p.grad; never touch another row
+    def _update_rows(self, p: torch.Tensor, r: Rows, group: dict) -> None:
+        raise NotImplementedError  # write p's rows r.get/put from p.grad; never touch another row
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,7 +87,7 @@ class RowMasked:
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
-                        self._update_rows(p, self._take_index(p), group)
+                        self._update_rows(p, self._take(p), group)
         finally:
             self._rows.clear()  # masks are for one step
         return loss
@@ -70,56 +95,54 @@ class RowMasked:
 
 @OPTIMIZERS.register("sgd")
 class RowSGD(RowMasked, torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1.0, weight_decay: float = 0.0):
+    def __init__(self, params, lr: float = 1.0, weight_decay: float = 0.0, dense: bool | None = None):
         # lr: LIN used 2–5 on a 1M-slot memory; re-tune per memory size. wd: LIN uses none.
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"lr and weight_decay must be >= 0, got {lr}, {weight_decay}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
-        self._init_rows()
+        self._init_rows(dense)
 
-    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
+    def _update_rows(self, p: torch.Tensor, r: Rows, group: dict) -> None:
         lr, wd = group["lr"], group["weight_decay"]
-        g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
-        w = p.index_select(0, r)  # (R, D)
+        g = r.get(p.grad).to(p.dtype)  # (R, D)
+        w = r.get(p)  # (R, D)
         if wd:
             g = g.add(w, alpha=wd)  # L2 decay, selected rows only
-        p.index_copy_(0, r, w.add(g, alpha=-lr))
+        r.put(p, w.add(g, alpha=-lr))
 
 
 @OPTIMIZERS.register("adamw")
 class RowAdamW(RowMasked, torch.optim.Optimizer):
     def __init__(self, params, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, dense: bool | None = None):
         # lr 5e-4: QWEN stage 2. betas, eps: torch defaults (HF Trainer's). wd 0: HF Trainer default, as QWEN.
         if lr < 0 or weight_decay < 0 or eps < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"bad AdamW hyperparameters lr={lr} betas={betas} eps={eps} wd={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
-        self._init_rows()
+        self._init_rows(dense)
 
-    def _update_rows(self, p: torch.Tensor, r: torch.Tensor, group: dict) -> None:
+    def _update_rows(self, p: torch.Tensor, r: Rows, group: dict) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         st = self.state[p]
         if not st:
             st["step"] = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)  # (N,) per row
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)  # (N, D)
-        if r.numel() == 0:
-            return
-        g = p.grad.index_select(0, r).to(p.dtype)  # (R, D)
-        s = st["step"].index_select(0, r) + 1  # (R,)
-        m = st["exp_avg"].index_select(0, r).lerp_(g, 1 - b1)  # (R, D)
-        v = st["exp_avg_sq"].index_select(0, r).mul_(b2).addcmul_(g, g, value=1 - b2)  # (R, D)
+        g = r.get(p.grad).to(p.dtype)  # (R, D)
+        s = r.get(st["step"]) + 1  # (R,)
+        m = r.get(st["exp_avg"]).lerp_(g, 1 - b1)  # (R, D)
+        v = r.get(st["exp_avg_sq"]).mul_(b2).addcmul_(g, g, value=1 - b2)  # (R, D)
         sf = s.to(p.dtype).unsqueeze(1)  # (R, 1)
         bc1 = 1 - b1**sf  # (R, 1) bias corrections, per row
         bc2 = 1 - b2**sf  # (R, 1)
-        w = p.index_select(0, r)  # (R, D)
+        w = r.get(p)  # (R, D)
         if wd:
             w.mul_(1 - lr * wd)  # decoupled decay, selected rows only
         w.sub_(lr / bc1 * m / (v.sqrt() / bc2.sqrt() + eps))
-        st["step"].index_copy_(0, r, s)
-        st["exp_avg"].index_copy_(0, r, m)
-        st["exp_avg_sq"].index_copy_(0, r, v)
-        p.index_copy_(0, r, w)
+        r.put(st["step"], s)
+        r.put(st["exp_avg"], m)
+        r.put(st["exp_avg_sq"], v)
+        r.put(p, w)
 
 
 @OPTIMIZERS.register("adamw_leaky")

@@ -71,11 +71,13 @@ def select_rows(scores: torch.Tensor, t: int) -> torch.Tensor:
     """
     if t < 0:
         raise ValueError(f"t must be >= 0, got {t}")
-    if torch.isnan(scores).any():
-        raise ValueError("NaN in selector scores")
-    finite = torch.isfinite(scores)
-    n = min(t, int(finite.sum()))
+    if scores.device.type == "cpu":
+        if torch.isnan(scores).any():
+            raise ValueError("NaN in selector scores")
+    else:                       # no host sync on an accelerator: the check fails the next sync instead
+        torch._assert_async(~torch.isnan(scores).any(), "NaN in selector scores")
+    finite = torch.isfinite(scores)                                              # (N,)
     order = torch.sort(scores.masked_fill(~finite, float("-inf")), descending=True, stable=True).indices  # (N,)
-    mask = torch.zeros_like(finite)
-    mask[order[:n]] = True
-    return mask
+    top = order[:t]                                                              # (≤ t,) best first
+    # the first t of the order, minus the never-accessed ones among them: min(t, #finite) rows
+    return torch.zeros_like(finite).scatter_(0, top, finite[top])

@@ -102,11 +102,12 @@ class SparseUpdater:
         return counts
 
     @torch.no_grad()
-    def before_step(self) -> dict[int, int]:
+    def before_step(self) -> dict[int, torch.Tensor]:
         """Finalise the step's rows, zero value grads outside them, hand them to the optimizer.
 
         Call after the last backward and before gradient clipping / optimizer.step(). Returns
-        {layer: rows updated} for logging; the masks are in `last_rows`.
+        {layer: rows updated, a 0-d tensor on the device (no host sync)} for logging; the masks are
+        in `last_rows`.
         """
         if self.granularity == "step":
             if not self._accum:
@@ -123,7 +124,7 @@ class SparseUpdater:
         self.last_rows = rows
         self.last_micro_rows, self._micro_list = self._micro_list, []
         self._accum, self._micro, self._union = {}, {}, {}
-        return {i: int(m.sum()) for i, m in rows.items()}
+        return {i: m.sum() for i, m in rows.items()}
 
     def close(self) -> None:
         """Remove the hooks (forward hooks on the memory, gradient hooks on the values)."""

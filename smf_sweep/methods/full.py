@@ -71,7 +71,7 @@ class DeepSpeedStepper:
     def step(self) -> dict[str, float]:
         self.engine.step()                    # at the boundary: clip, optimizer, scheduler
         norm = self.engine.get_global_grad_norm()
-        return {} if norm is None else {"grad_norm": float(norm)}
+        return {} if norm is None else {"grad_norm": norm}     # a float or a tensor: the loop reads it at log time
 
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])

@@ -129,7 +129,7 @@ class _SparseHooks(Hooks):
         self.updater.after_forward(batch["attention_mask"])
 
     def before_step(self):
-        return {f"rows/L{i}": float(n) for i, n in self.updater.before_step().items()}
+        return {f"rows/L{i}": n for i, n in self.updater.before_step().items()}   # tensors, read at log time
 
     def close(self):
         self.updater.close()
