@@ -49,6 +49,8 @@ class TrainConfig:
     grad_clip: float = 1.0            # QWEN: grad clip 1.0
     loss_on: Literal["all", "answer"] = "all"   # all non-pad tokens (QWEN) or the answer (the completion only)
     append_eos: bool = False          # QWEN appends no EOS to training text; True trains on one per example
+    batch_order: Literal["random", "length_grouped"] = "random"   # random: the study's (HF Trainer); length_grouped
+                                      # [ours]: similar lengths per micro-batch, same examples per epoch and step
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # precision.py: fp32, or bf16 = bf16 autocast over fp32
                                       # weights (GPU: HF Trainer's bf16); auto: the spec resolves it once
                                       # (bf16 if any method uses GPUs)

@@ -26,7 +26,15 @@ class TrialFailed(RuntimeError):
 def probe_specs(spec: Spec) -> list[dict]:
     """ProbeSpec dicts for run_probes; a probe's source defaults to the spec's data for its task."""
     default = {"medmcqa": spec.data.task, "triviaqa": spec.data.triviaqa, "wikitext": spec.data.wikitext}
-    return [{"task": t, "variant": p.variant, "source": p.source or default[t], "limit": p.limit,
+
+    def source(task: str, p) -> str:
+        if p.source:
+            return p.source
+        if task == "wikitext" and p.variant == "harness" and default[task] in ("wikitext", "Salesforce/wikitext"):
+            return "EleutherAI/wikitext_document_level"     # the harness scores documents, another hub dataset
+        return default[task]
+
+    return [{"task": t, "variant": p.variant, "source": source(t, p), "limit": p.limit,
              "options": dict(p.options)} for t, p in spec.probes.items()]
 
 

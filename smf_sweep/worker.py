@@ -95,7 +95,8 @@ def train_worker(config: dict, reporter: Reporter | None = None) -> dict:
     rows = medmcqa_train_subset(config["data"]["task"], seed=seed, limit=tcfg.train_limit)   # QWEN: shuffle(seed), then select
     batcher = Batcher(medmcqa_examples(rows), tok, micro_batch_size=tcfg.micro_batch_size, max_len=tcfg.max_len,
                       effective_batch=tcfg.effective_batch, loss_on=tcfg.loss_on, append_eos=tcfg.append_eos,
-                      seed=seed, rank=rank, world_size=world)
+                      order=tcfg.batch_order, seed=seed, rank=rank, world_size=world,
+                      cache_dir=Path(config["cache_dir"]) if config.get("cache_dir") else None)   # tokens shared by trials
     total = tcfg.total_steps(batcher.steps_per_epoch)
     probes = config.get("probes", [])
     pbs = int(config.get("probe_batch_size", 16))

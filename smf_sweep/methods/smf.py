@@ -174,7 +174,8 @@ class SMF:
             opt = torch.optim.AdamW(params, lr=rt.lr, weight_decay=rt.weight_decay)
             batcher = Batcher(text_examples(texts), ctx.tokenizer, micro_batch_size=rt.micro_batch_size,
                               max_len=rt.max_len, effective_batch=rt.effective_batch, append_eos=rt.append_eos,
-                              seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size)
+                              order=rt.batch_order, seed=ctx.seed, rank=ctx.rank, world_size=ctx.world_size,
+                              cache_dir=ctx.cache_dir)
             steps["total"] = total = rt.total_steps(batcher.steps_per_epoch)
             stepper = TorchStepper(params, opt, cosine_schedule(opt, rt.warmup_steps, total, rt.lr_floor), rt.grad_clip,
                                    ctx.world_size)
