@@ -7,18 +7,18 @@ Plain `AutoModelForCausalLM` / `AutoTokenizer`: no remote code, safetensors only
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .hub import is_hub_id
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"  # the study's base model
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 class ModelLoadError(FileNotFoundError):
@@ -51,7 +51,7 @@ def _local_dir(id_or_path: str | Path, need: tuple[str, ...], what: str) -> str:
             raise ModelLoadError(f"{path} has no {what} files (expected one of {', '.join(need)}); "
                                  f"it holds {', '.join(sorted(p.name for p in path.iterdir())) or 'nothing'}")
         return str(path)
-    if path.exists() or not _HUB_ID.match(str(id_or_path)) or str(id_or_path).startswith((".", "~")):
+    if not is_hub_id(str(id_or_path)):
         raise ModelLoadError(f"{path} is not a model directory (and not a hub id)")
     return str(id_or_path)
 

@@ -23,6 +23,7 @@ import re
 import yaml
 
 from .choices import check_choices, choices, one_of
+from .hub import is_hub_id
 from .methods import METHODS
 from .probes import TASKS, VARIANTS
 from .train_loop import TrainConfig
@@ -238,7 +239,9 @@ def _param(value, where: str) -> Param:
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML reads `1e-4` (no dot) as a string, YAML 1.2 and every researcher as a float."""
+    """PyYAML reads `1e-4` (no dot) as a string, YAML 1.2 and every researcher as a float.
+    Hand-written: PyYAML has no YAML 1.2 mode, and ruamel.yaml (1.2) would be a new dependency that
+    also changes other scalars (yes/no/on/off stop being booleans) in every shipped spec."""
 
 
 _Loader.add_implicit_resolver(
@@ -256,14 +259,27 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-def _set(d: dict, dotted: str, raw: str) -> None:
+def parse_assignment(text: str, flag: str) -> tuple[str, Any]:
+    """`key=value` of a command-line flag (--set, --param) → (key, value), the value read as YAML
+    (load_yaml: 1e-4 is a float, [8, 16] a list, true a bool). Errors are SpecErrors naming the flag."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise SpecError(f"{flag} {text!r}: expected key=value")
+    try:
+        return key, load_yaml(raw)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{flag} {text}: the value is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def _set(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d
     for k in keys[:-1]:
         cur = cur.setdefault(k, {})
         if not isinstance(cur, dict):
             raise SpecError(f"--set {dotted}: {k} is not a mapping")
-    cur[keys[-1]] = load_yaml(raw)
+    cur[keys[-1]] = value
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
@@ -277,10 +293,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: a spec is a mapping of keys, got {type(raw).__name__}")
     for o in overrides:
-        if "=" not in o:
-            raise SpecError(f"--set {o!r}: expected key=value")
-        k, v = o.split("=", 1)
-        _set(raw, k.strip(), v)
+        _set(raw, *parse_assignment(o, "--set"))
     return parse_spec(raw, str(path))
 
 
@@ -426,12 +439,10 @@ def _try(spec: Spec, method: str, params: dict, where: str) -> None:
 
 def _check_sources(spec: Spec) -> None:
     """Local paths must exist now (hub ids and world: are checked where they are opened)."""
-    from .data import resolve_source
-
     srcs = {f"data.{f.name}": getattr(spec.data, f.name) for f in fields(Data)}
     srcs.update({f"probes.{t}.source": p.source for t, p in spec.probes.items() if p.source})
     for where, src in srcs.items():
-        if src.startswith("world:") or _looks_like_hub_id(src):
+        if src.startswith("world:") or is_hub_id(src):
             continue
         if not Path(src).expanduser().exists():
             raise _err(where, f"no such file or directory: {src}")
@@ -441,11 +452,6 @@ def _check_sources(spec: Spec) -> None:
             WorldConfig(**spec.world)
         except TypeError as e:
             raise _err("world", _clean(e)) from None
-    _ = resolve_source
-
-
-def _looks_like_hub_id(s: str) -> bool:
-    return not s.startswith(("/", ".", "~")) and not Path(s).exists() and s.count("/") <= 1
 
 
 def resolve_world(spec: Spec, progress: bool = True) -> Spec:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .spec import Spec, SpecError, build_configs, load_spec, resolve_world
+from .spec import Spec, SpecError, build_configs, load_spec, parse_assignment, resolve_world
 
 
 class TrialFailed(RuntimeError):
@@ -198,15 +198,10 @@ def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, n
 
 
 def trial_params(spec: Spec, method: str, overrides: list[str]) -> dict:
-    from .spec import load_yaml
-
+    """The arm's first point ← `--param key=value`s (read as --set reads them), validated."""
     ms = spec.methods[method]
     params = dict(ms.points[0]) if ms.points else {}
-    for o in overrides:
-        if "=" not in o:
-            raise SpecError(f"--param {o!r}: expected key=value")
-        k, v = o.split("=", 1)
-        params[k.strip()] = load_yaml(v)
+    params.update(parse_assignment(o, "--param") for o in overrides)
     try:
         build_configs(spec, method, params)      # validate now, before Ray starts
     except (TypeError, ValueError) as e:

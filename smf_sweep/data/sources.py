@@ -18,7 +18,8 @@ from typing import Any
 
 import datasets
 
-WORLD_PREFIX = "world:"
+from ..hub import WORLD_PREFIX, is_hub_id
+
 HUB = "hub"  # the literal source "hub" means the dataset's own hub id
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -71,15 +72,9 @@ def resolve_source(source: str, spec: DatasetSpec) -> tuple[str, str]:
         return "file", str(path)
     if path.is_dir():
         return "dir", str(path)
-    if _looks_local(source):
+    if not is_hub_id(source):          # not there and not a hub id: a mistyped path
         raise DataError(f"{spec.name}: no such file or directory: {path}")
     return "hub", source
-
-
-def _looks_local(source: str) -> bool:
-    # a hub id is "name" or "owner/name"; anything else that does not exist is a mistyped path
-    return (source.startswith((".", "/", "~")) or source.count("/") > 1
-            or "\\" in source or Path(source).suffix in FILE_BUILDERS)
 
 
 def _read_hub(hub_id: str, config: str | None, split: str, spec: DatasetSpec) -> datasets.Dataset:
