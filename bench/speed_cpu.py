@@ -9,7 +9,7 @@ run (issue 14). JSON lines (a benchmark, not a test; ~3 min on 2 cores with the 
    both orders.
 3. `tokenise`: tokenising the training set against loading the sweep's cached tokens.
 4. `host_syncs`: tensor → Python conversions made by our code per optimizer step, per method (the
-   code before issue 14 made 4 per micro-batch: 8 per step at accumulation 2).
+   code before issue 14, read line by line, made 4 per micro-batch and more in SMF).
 5. `checkpoint`: bytes a checkpoint writes per method on the world model, against a naive full
    checkpoint (all weights + AdamW state), and the same sums for Qwen2.5-0.5B's parameter counts.
 6. `probes`: the three study probes on the world (every question), TriviaQA one question at a
@@ -114,7 +114,7 @@ def bench_host_syncs(world: Path) -> None:
         for obj, name, v in reversed(mp.undo):
             setattr(obj, name, v)
         per = (sum(b.values()) - sum(a.values())) / 4
-        emit(case="host_syncs", method=method, per_optimizer_step=per, before_issue_14_per_step=8)
+        emit(case="host_syncs", method=method, per_optimizer_step=per)
 
 
 def _tree_bytes(path: Path) -> int:
