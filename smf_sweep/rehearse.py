@@ -325,6 +325,8 @@ class Rehearsal:
 
     def _run(self, name: str, method: str, params: dict, precision: str) -> tuple[dict, dict, list]:
         """One trial through the sweep's worker function, in-process; its outcome as the sweep computes it."""
+        from dataclasses import replace
+
         import torch
 
         from .trial import TrialFailed, check_comparable, outcome, worker_config
@@ -333,8 +335,7 @@ class Rehearsal:
         if precision not in self.base:
             self.base_probes(precision)
         spec, _ = self.spec(precision)
-        cfg = worker_config(spec, method, params, spec.seeds[0])
-        cfg["device"] = str(self.device)
+        cfg = replace(worker_config(spec, method, params, spec.seeds[0]), device=str(self.device))
         ckpts: list = []
 
         def reporter(metrics: dict, ckpt: Path | None) -> None:

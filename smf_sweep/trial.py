@@ -14,8 +14,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from .spec import Spec, SpecError, build_configs, load_spec, parse_assignment, resolve_world
+from .trial_config import Sources, WorkerConfig
 
 
 class TrialFailed(RuntimeError):
@@ -43,14 +45,16 @@ def cache_dir(spec: Spec) -> Path:
     return spec.sweep_dir() / "cache"
 
 
-def worker_config(spec: Spec, method: str, params: dict, seed: int) -> dict:
-    mcfg, tcfg = build_configs(spec, method, params)
-    from dataclasses import asdict
-    return {"model": spec.model, "method": spec.algorithm(method), "arm": method, "method_cfg": asdict(mcfg),
-            "train": tcfg.to_dict(),
-            "seed": seed, "data": {"task": spec.data.task, "retrofit": spec.data.retrofit},
-            "probes": probe_specs(spec), "probe_batch_size": spec.probe_batch_size,
-            "cache_dir": str(cache_dir(spec)), "threads": spec.threads_per_worker}
+def worker_config(spec: Spec, arm: str, params: dict, seed: int) -> WorkerConfig:
+    """What the trial's workers receive: arm `arm` of the spec at `params`, training seed `seed`."""
+    from .probes import ProbeSpec
+
+    mcfg, tcfg = build_configs(spec, arm, params)
+    return WorkerConfig(model=spec.model, method=spec.algorithm(arm), arm=arm, method_cfg=mcfg, train=tcfg, seed=seed,
+                        data=Sources(task=spec.data.task, retrofit=spec.data.retrofit),
+                        probes=tuple(ProbeSpec(**p) for p in probe_specs(spec)),
+                        probe_batch_size=spec.probe_batch_size, cache_dir=cache_dir(spec),
+                        threads=spec.threads_per_worker)
 
 
 # ---- base probes, cached by (model, probe settings and versions, precision regime) ----------------
@@ -156,23 +160,28 @@ def scaling_config(res):
 
 
 def run_trial(spec: Spec, method: str, params: dict, seed: int, base: dict, *, name: str,
-              in_tune: bool = False, extra: dict | None = None) -> dict:
+              in_tune: bool = False, train_fn: Callable[[WorkerConfig], dict] | None = None) -> dict:
     """Train through TorchTrainer (restarted workers resume from the last checkpoint), return the
-    trial's outcome and training summary. Raises TrialFailed on divergence."""
+    trial's outcome and training summary. Raises TrialFailed on divergence.
+
+    `train_fn(config)` is each worker's function (default worker.train_worker); tests pass a
+    wrapper of it (tests/fixtures/worker_hooks.py), which Ray pickles by reference."""
+    import functools
+
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from .worker import train_worker
 
     res = spec.methods[method].resources
-    use_gpu = res.gpus_per_worker > 0
-    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     callbacks = []
     if in_tune:
         from ray.tune.integration.ray_train import TuneReportCallback
         callbacks.append(TuneReportCallback())
+    # the WorkerConfig travels bound to the function (train_loop_config must be a dict: Ray Train's
+    # run state validates it as one)
     trainer = TorchTrainer(
-        train_worker, train_loop_config={**worker_config(spec, method, params, seed), **(extra or {})},
+        functools.partial(train_fn or train_worker, worker_config(spec, method, params, seed)),
         scaling_config=scaling_config(res),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(spec.sweep_dir() / "train"), callbacks=callbacks,

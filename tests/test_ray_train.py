@@ -3,11 +3,13 @@ on two workers, and a worker killed after a checkpoint that resumes from it."""
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 
 from smf_sweep.spec import parse_spec
 from smf_sweep.trial import _compute_base, probe_specs, run_trial
+from tests.fixtures.worker_hooks import hooked       # the worker function with test hooks (Ray imports it too)
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +37,7 @@ def test_full_finetuning_deepspeed_two_workers_identical_ranks(tiny_world, tmp_p
     spec = _spec(tiny_world, tmp_path, {"full": {"fixed": {"zero_stage": 2},
                                                  "resources": {"workers": 2, "cpus_per_worker": 1}}})
     base = _compute_base(spec.model, probe_specs(spec), 8, False, spec.train["precision"])
-    out = run_trial(spec, "full", {}, 0, base, name="ds2", extra={"debug_dir": str(tmp_path / "dbg")})
+    out = run_trial(spec, "full", {}, 0, base, name="ds2", train_fn=partial(hooked, debug_dir=str(tmp_path / "dbg")))
     digests = {json.loads(p.read_text())["rank"]: json.loads(p.read_text())["sha256"]
                for p in (tmp_path / "dbg").glob("rank*.json")}
     assert set(digests) == {0, 1}
@@ -67,7 +69,7 @@ def test_killed_worker_resumes_from_its_checkpoint(tiny_world, tmp_path, ray_loc
     base = _compute_base(spec.model, probe_specs(spec), 8, False, spec.train["precision"])
     marker = tmp_path / "killed.json"
     out = run_trial(spec, "lora", {}, 0, base, name="resume",
-                    extra={"debug_dir": str(tmp_path / "dbg"), "fault": {"step": 4, "marker": str(marker)}})
+                    train_fn=partial(hooked, debug_dir=str(tmp_path / "dbg"), crash_at=(4, str(marker))))
     assert marker.exists(), "the worker was never killed"
     starts = [json.loads(ln)["start_step"] for ln in (tmp_path / "dbg" / "starts.jsonl").read_text().splitlines()]
     assert starts == [0, 4], starts          # first attempt from scratch, the restart from step 4's checkpoint
