@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
+from .hub import is_hub_id
 from .spec import Spec, SpecError, build_configs
 
 MAX_COMBINATIONS = 20000     # per arm; beyond, the rest is not checked (a warning says so)
@@ -76,7 +77,7 @@ def model_limits(model: str, world: dict | None = None) -> tuple[ModelLimits | N
             return model_limits(str(built))
         return _world_limits(cfg)
     path = Path(model).expanduser()
-    if path.exists() or model.startswith(("/", ".", "~")) or model.count("/") > 1:
+    if not is_hub_id(model):                      # the project's one hub-id rule (hub.py)
         if not (path / "config.json").is_file():
             raise PreflightError(f"model: {model}: " + ("no config.json in this directory" if path.is_dir()
                                                          else "no such directory"))
