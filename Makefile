@@ -1,6 +1,6 @@
 # smf_sweep — the two commands of the README:
 #   make run    # install, then the whole smoke sweep on the embedded world (CPU, minutes)
-#   make test   # install, then the whole test suite (unit + integration tiers)
+#   make test   # install, then lint (ruff) and the whole test suite (unit + integration tiers)
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 # A CPU build of torch (its wheel lies on the build machines' disk). A bare `torch` requirement would
@@ -20,6 +20,7 @@ run: install
 	$(PYTHON) -m smf_sweep.tune search_spaces/smoke.yaml
 
 test: install
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m pytest
 
 test-fast: install

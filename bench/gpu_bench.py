@@ -88,9 +88,11 @@ def bench_train(method: str, mcfg: dict, mdir: Path, cfg: dict, B: int, T: int, 
 
         def timed(fn):
             def run(*a):
-                sync(dev); t = time.perf_counter()
+                sync(dev)
+                t = time.perf_counter()
                 out = fn(*a)
-                sync(dev); hook_s[0] += time.perf_counter() - t
+                sync(dev)
+                hook_s[0] += time.perf_counter() - t
                 return out
             return run
         h.after_forward, h.before_step = timed(af), timed(bs)
@@ -145,9 +147,11 @@ def bench_probes(mdir: Path, data: Path, n: int, dev, batch: int):
     model, tok = load_model(mdir, device=dev), load_tokenizer(mdir)
     total = 0.0
     for task, unit in (("medmcqa", "questions"), ("triviaqa", "questions"), ("wikitext", "lines")):
-        sync(dev); t = time.perf_counter()
+        sync(dev)
+        t = time.perf_counter()
         r = run_probes(model, tok, [{"task": task, "source": f"world:{data}", "limit": n}], batch_size=batch)[task]
-        sync(dev); dt = time.perf_counter() - t
+        sync(dev)
+        dt = time.perf_counter() - t
         total += dt
         emit(case=f"probe_{task}", n=r.n, seconds=round(dt, 2), **{f"{unit}_per_s": round(r.n / dt, 1)},
              value=r.value, version=r.version)

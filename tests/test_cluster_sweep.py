@@ -101,7 +101,6 @@ def check_resumed(sweep: Path, runs: list, finished_before: list, n: int) -> Non
 
 
 def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
-    import ray
     from ray.util.state import list_actors, list_nodes
 
     name = "cluster"

@@ -1,6 +1,5 @@
 """The probes' protocols: numbers that follow from the definitions (uniform model, scripted model),
 window plans, normalisation, and the lm-evaluation-harness variants."""
-import math
 import re
 import string
 import sys

@@ -5,7 +5,6 @@ the medical task)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

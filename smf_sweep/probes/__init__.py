@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from . import medmcqa, triviaqa, wikitext  # noqa: F401  (fill the registry)
-from .base import PROBES, TASKS, VARIANTS, Probe, ProbeResult, resolve_limit
+from .base import PROBES, TASKS, VARIANTS, Probe, ProbeResult
 
 __all__ = ["PROBES", "TASKS", "VARIANTS", "Probe", "ProbeResult", "ProbeSpec", "make_probe", "run_probes"]
 
