@@ -11,7 +11,7 @@ from plotly.subplots import make_subplots
 from analysis.plots import front_line
 from analysis.style import BASE_LABEL, method_color, panels, selector_marker, selector_name, y_label
 from analysis.summary import SELECTOR_ORDER, ordered
-from smf_sweep.objectives import FORGETTING, Objectives
+from smf_sweep.objectives import Objectives
 
 
 def hover(obj: Objectives, y: str, x: str) -> str:
@@ -75,8 +75,8 @@ def pareto_html(fin: pd.DataFrame, methods: list, title: str, path, budget: floa
         _panel(fig, i, fin, methods, selectors, obj, y, xcol)
         fig.update_xaxes(title_text=xlabel, zeroline=True, zerolinecolor="#999", row=1, col=i)
         fig.update_yaxes(title_text=y_label(obj, y), zeroline=True, zerolinecolor="#999", row=1, col=i)
-        if xcol == FORGETTING:
-            fig.add_vline(x=budget, line_dash="dot", line_color="#555", row=1, col=i,
+        if xcol in obj.forgetting_metrics():
+            fig.add_vline(x=obj.budget_for(xcol, budget), line_dash="dot", line_color="#555", row=1, col=i,
                           annotation_text=f"budget {budget:g}")
     fig.update_layout(title=title, height=560, width=1800,
                       template="plotly_white", legend=dict(groupclick="toggleitem"))

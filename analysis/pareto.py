@@ -3,8 +3,12 @@
     python -m analysis.pareto runs/smoke                       # a sweep directory (sweep.json)
     python -m analysis.pareto smf_sweep/smoke --tracking-uri sqlite:////abs/mlflow.db
     python -m analysis.pareto smoke --tracking-uri http://127.0.0.1:5000 --out figs --budget 0.5
+    python -m analysis.pareto runs/smoke --cost --constraint 'cost/device_s<=600'
 
-Writes into --out: pareto.png, pareto.html, fronts.csv, table.md, selectors.png, memory.png.
+Writes into --out: pareto.png, pareto.html, fronts.csv, table.md, selectors.png, memory.png,
+hypervolume.png. The objectives, forgetting's definition and the constraints are the sweep's (as it
+recorded them); --cost adds compute as one more objective and --constraint adds constraints, for
+this analysis only (hypervolume.png stays the sweep's own).
 Exit status: 0 written, 1 nothing to analyse (no finished trials), 2 bad source / unreachable store.
 """
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from analysis.source import SourceError, resolve
 
-FILES = ["pareto.png", "pareto.html", "fronts.csv", "table.md", "selectors.png", "memory.png"]
+FILES = ["pareto.png", "pareto.html", "fronts.csv", "table.md", "selectors.png", "memory.png", "hypervolume.png"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,6 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=1.0,
                    help="forgetting budget for 'best within budget' (forgetting <= budget; "
                         "default 1.0, the study's 'within ~1 point')")
+    p.add_argument("--cost", action="store_true",
+                   help="rank by one more objective, the trials' compute (cost/device_s, minimised): "
+                        "fronts of gain, forgetting and device-seconds")
+    p.add_argument("--constraint", action="append", default=[], metavar="METRIC<=B|METRIC>=B",
+                   help="one more constraint beside the sweep's, e.g. 'cost/device_s<=600' or "
+                        "'triviaqa/delta>=-1': infeasible trials are shown hollow, on no front; repeatable")
     p.add_argument("--ignore-param", action="append", default=[], metavar="KEY",
                    help="a param to leave out when grouping trials into configs (seeds are always"
                         " left out); repeatable, e.g. a per-trial output path")
@@ -43,6 +53,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[Path]:
+    from smf_sweep.objectives import Constraint
+
+    try:
+        extra = [Constraint.parse_text(c) for c in args.constraint]
+    except ValueError as e:
+        raise SourceError(f"--constraint: {e}") from None
     src = resolve(args.source, args.tracking_uri)  # cheap checks before the heavy imports
     if src.note:
         print(f"note: {src.note}")
@@ -53,8 +69,22 @@ def run(args: argparse.Namespace) -> list[Path]:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from analysis import interactive, plots, report, runs, summary  # heavy: mlflow, matplotlib
 
+    from smf_sweep.objectives import COST_S
+
     sweep = runs.load(src, frozenset(args.ignore_param))
-    df, obj = sweep.trials, sweep.objectives
+    recorded = sweep.objectives
+    obj = recorded.with_objective(COST_S, "min") if args.cost else recorded
+    try:
+        obj = obj.with_constraints(extra)
+    except ValueError as e:
+        raise SourceError(f"--constraint: {e}") from None
+    if obj != recorded:
+        sweep.objectives_source += " + " + " ".join((["--cost"] if args.cost else []) +
+                                                    [f"--constraint {c}" for c in extra])
+    sweep.objectives = obj
+    df = sweep.trials
+    if COST_S in obj.recorded() and COST_S not in df:
+        df[COST_S] = float("nan")
     fin = runs.finished(df, obj)
     counts = summary.status_counts(df, fin)
     excluded = ", ".join(f"{v} {k}" for k, v in counts.items() if k != "finished") or "none"
@@ -73,6 +103,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     (out / "table.md").write_text(report.markdown(sweep, fin, counts, args.budget))
     plots.selectors_png(fin, sweep.experiment_name, out / "selectors.png", obj)
     plots.memory_png(fin, sweep.experiment_name, out / "memory.png", obj)
+    plots.hypervolume_png(sweep.progress, recorded, sweep.experiment_name, out / "hypervolume.png",
+                          sweep.progress_source)
     paths = [out / f for f in FILES]
     print("wrote " + ", ".join(str(p) for p in paths))
     return paths

@@ -1,4 +1,5 @@
-"""PNG figures (matplotlib, Agg canvas, no pyplot state): Pareto panels, selectors, memory.
+"""PNG figures (matplotlib, Agg canvas, no pyplot state): Pareto panels, selectors, memory, the
+sweep's hypervolume against trials and compute.
 
 Figure sizes are fixed (no tight bbox), so each PNG has a known pixel size: SIZES x DPI.
 """
@@ -12,13 +13,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.fronts import nondominated
+from analysis.runs import feasible
 from analysis.style import (BASE_LABEL, panels, method_color, selector_color, selector_marker,
                             selector_name, y_label)
 from analysis.summary import CONTROLS, SELECTOR_ORDER, ordered
-from smf_sweep.objectives import FORGETTING, Objectives
+from smf_sweep.objectives import COMPUTE, HYPERVOLUME, Objectives
 
 DPI = 100
-SIZES = {"pareto": (18, 6), "selectors": (16, 4.5), "memory": (12, 8)}  # inches -> px = x DPI
+SIZES = {"pareto": (18, 6), "selectors": (16, 4.5), "memory": (12, 8), "hypervolume": (12, 4.5)}  # inches -> px = x DPI
 
 
 def _figure(name: str, **kw) -> Figure:
@@ -59,9 +61,10 @@ def _annotate_apart(ax, labels: dict[str, tuple[float, float]], gap_pt: float = 
 
 
 def front_line(sub: pd.DataFrame, obj: Objectives, y: str, x: str) -> pd.DataFrame:
-    """The (y, x) front of `sub` in the objectives' directions, ordered for a step line: from the
-    best x to the worst (y then improves)."""
+    """The (y, x) front of `sub`'s feasible trials in the objectives' directions, ordered for a step
+    line: from the best x to the worst (y then improves)."""
     senses = {y: obj.mode(y), x: obj.mode(x)}
+    sub = sub[feasible(sub, obj)]
     front = sub[nondominated(sub, senses)]
     return front.sort_values([x, y], ascending=[senses[x] == "min", senses[y] == "max"], kind="stable")
 
@@ -71,14 +74,20 @@ def _pareto_panel(ax, fin: pd.DataFrame, methods, selectors, obj, y, xcol, xlabe
     ax.axvline(0, color="0.6", lw=0.8, ls="--", zorder=0)
     size, alpha = (50, 0.85) if len(fin) <= 200 else (18, 0.45)  # many trials: fronts stay legible
     halo = [pe.Stroke(linewidth=3.6, foreground="white"), pe.Normal()]
+    ok = feasible(fin, obj)
     for m in methods:
         sub = fin[fin["method"] == m]
         if sub.empty:
             continue
         color = method_color(m, methods)
         for s, g in sub.groupby(sub["selector"].fillna(""), sort=False):
-            ax.scatter(g[xcol], g[y], c=color, marker=selector_marker(s or None, selectors),
+            good = ok.loc[g.index]
+            ax.scatter(g.loc[good, xcol], g.loc[good, y], c=color, marker=selector_marker(s or None, selectors),
                        s=size, alpha=alpha, edgecolors="white", linewidths=0.5, zorder=3)
+            if (~good).any():              # infeasible (the spec's constraints): hollow, never on a front
+                ax.scatter(g.loc[~good, xcol], g.loc[~good, y], facecolors="none", edgecolors=color,
+                           marker=selector_marker(s or None, selectors), s=size, alpha=alpha, linewidths=1.0,
+                           zorder=3)
         front = front_line(sub, obj, y, xcol)
         ax.step(front[xcol], front[y], where="post", color=color, lw=1.8, zorder=4,
                 path_effects=halo)
@@ -108,7 +117,8 @@ def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float
     y, xs = panels(obj)
     axes = np.atleast_1d(fig.subplots(1, len(xs)))
     for i, (ax, (xcol, xlabel)) in enumerate(zip(axes, xs)):
-        _pareto_panel(ax, fin, methods, selectors, obj, y, xcol, xlabel, budget if xcol == FORGETTING else None)
+        line = obj.budget_for(xcol, budget) if xcol in obj.forgetting_metrics() else None
+        _pareto_panel(ax, fin, methods, selectors, obj, y, xcol, xlabel, line)
         ax.set_title(f"{obj.short(y)} vs {obj.short(xcol)}" + (" (lines: each method's front)" if i == 0 else ""))
     done = set(fin["method"])
     handles = [Line2D([], [], color=method_color(m, methods), marker="o", lw=1.6,
@@ -121,6 +131,9 @@ def pareto_png(fin: pd.DataFrame, methods: list, title: str, path, budget: float
                 Line2D([], [], color="black", marker="o", markerfacecolor="none", markersize=10,
                        ls="none", label="default point"),
                 Line2D([], [], color="0.3", ls=":", label=f"forgetting budget {budget:g}")]
+    if obj.constraints:
+        handles.append(Line2D([], [], color="0.35", marker="o", markerfacecolor="none", ls="none",
+                              label="infeasible: " + ", ".join(str(c) for c in obj.constraints)))
     fig.legend(handles=handles, loc="outside right upper", fontsize=9)
     fig.suptitle(title)
     _save(fig, path)
@@ -203,3 +216,29 @@ def memory_png(fin: pd.DataFrame, title: str, path, obj: Objectives | None = Non
     fig.suptitle(f"{title}: SMF memory size and top-t ({len(smf)} finished SMF trials)")
     _save(fig, path)
 
+
+def hypervolume_png(progress: pd.DataFrame, obj: Objectives, title: str, path, source: str = "") -> None:
+    """The sweep's progress (Sweep.progress: one row per ended search trial): the hypervolume of
+    the front so far against trials ended and against cumulative compute (device-hours)."""
+    fig = _figure("hypervolume")
+    axes = fig.subplots(1, 2)
+    ref = ", ".join(f"{obj.short(n)} {v:g}" for n, v in obj.reference if v is not None)
+    hv = pd.to_numeric(progress.get(HYPERVOLUME, pd.Series(dtype=float)), errors="coerce")
+    if progress.empty or hv.notna().sum() == 0:
+        for ax in axes:
+            _empty(ax, "no hypervolume: no ended search trials, or an objective without a reference point")
+    else:
+        hours = pd.to_numeric(progress[COMPUTE], errors="coerce") / 3600.0
+        for ax, x, xlabel in ((axes[0], progress["trials"], "search trials ended (finished or failed)"),
+                              (axes[1], hours, "compute (device-hours: wall × workers × GPUs, or CPUs, per worker)")):
+            ax.step(x, hv, where="post", color="#1f77b4", lw=1.8)
+            ax.scatter(x, hv, color="#1f77b4", s=14, zorder=3)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("hypervolume of the front")
+            ax.grid(alpha=0.25)
+        axes[0].set_title(f"by trials (last {hv.dropna().iloc[-1]:.4g})")
+        axes[1].set_title(f"by compute ({hours.iloc[-1]:.3g} device-hours in all)")
+    objectives = ", ".join(f"{obj.short(n)} {obj.arrow(n)}" for n in obj.names)
+    fig.suptitle(f"{title}: hypervolume ({objectives}; reference {ref}"
+                 + (f"; {source}" if source else "") + ")", fontsize=10)
+    _save(fig, path)

@@ -6,23 +6,24 @@ import math
 import pandas as pd
 
 from analysis.fronts import nondominated, order_best_first
-from analysis.runs import Sweep
+from analysis.runs import Sweep, feasible
 from analysis.summary import (CONTROLS, METHOD_ORDER, SELECTOR_ORDER, aggregate, best, by_value,
-                              ordered, with_retrofit_deltas)
-from smf_sweep.objectives import FORGETTING, Objectives, task_label
+                              ordered, within, with_retrofit_deltas)
+from smf_sweep.objectives import COST_S, FORGETTING, HYPERVOLUME, Objectives, task_label
 
 MAX_LISTED = 4  # trials listed per table row; the rest are in fronts.csv / MLflow
 N_KEYS, TOP_T = "params.smf.n_keys", "params.smf.top_t"
 
 
 def head(obj: Objectives) -> list:
-    """The main table's columns: per probe its value (accuracies in %) and Δ, then forgetting."""
+    """The main table's columns: per probe its value (accuracies in %) and Δ, then forgetting (under
+    nats: each forgetting probe's component)."""
     cols = ["row", "method", "config", "n"]
     for t, p in obj.probes:
         metric = p.metric or ("acc" if p.higher_is_better else "ppl")
         cols += [f"{task_label(t)} {metric}" + (" (%)" if p.higher_is_better else ""),
                  "Δ (pp)" if p.higher_is_better else "Δ (%)"]
-    return cols + ["forgetting", "trials (MLflow run)"]
+    return cols + [c if c == FORGETTING else obj.label(c) for c in obj.forgetting_metrics()] + ["trials (MLflow run)"]
 
 
 HEAD = head(Objectives())  # the default objectives' columns
@@ -81,7 +82,8 @@ def _main_rows(sweep: Sweep, agg: pd.DataFrame, methods: list, df: pd.DataFrame,
     for t in obj.tasks:
         acc = obj.higher_is_better(t)
         cells += [num(b.get(t), scale=100 if acc else 1, digits=1 if acc else 2), "0"]
-    rows = [["base model", "—", "—", "—"] + cells + ["0", base_from]]
+    k = len(obj.forgetting_metrics())
+    rows = [["base model", "—", "—", "—"] + cells + ["0"] * k + [base_from]]
     first = obj.short(obj.names[0])
     for m in methods:
         if agg.empty or not (agg["method"] == m).any():
@@ -97,10 +99,11 @@ def _main_rows(sweep: Sweep, agg: pd.DataFrame, methods: list, df: pd.DataFrame,
                 continue
             seeds = int(r["n"])
             rows.append([f"{m}: {label}", m, r["config"] or "—", seeds] + _cells(r, obj)
-                        + [num(r[FORGETTING], r.get(FORGETTING + ":std"), seeds, digits=2), _listed(r)])
+                        + [num(r.get(c), r.get(c + ":std"), seeds, digits=4 if c.endswith("_nats") else 2)
+                           for c in obj.forgetting_metrics()] + [_listed(r)])
             if any(pd.notna(r.get(f"retrofit/{t}")) for t in obj.tasks):
                 rows.append(["  ↳ its retrofit checkpoint", m, "", seeds] + _cells(r, obj, "retrofit/")
-                            + ["—", "(retrofit probes, before the SMF stage)"])
+                            + ["—"] * k + ["(retrofit probes, before the SMF stage)"])
     return rows
 
 
@@ -124,7 +127,8 @@ def _selector_rows(smf: pd.DataFrame, budget: float, obj: Objectives) -> list:
     for s in ordered(smf["selector"].unique(), SELECTOR_ORDER):
         r = stats.loc[s]
         n = int(r["trials"])
-        sub = order_best_first(agg[(agg["selector"] == s) & (agg[FORGETTING] <= budget)], obj.senses)
+        ok = agg[(agg["selector"] == s)]
+        sub = order_best_first(ok[within(ok, budget, obj) & feasible(ok, obj)], obj.senses)
         top = sub.iloc[0] if len(sub) else None
         rows.append([s, "control" if s in CONTROLS else "selector", n, int(r["configs"])]
                     + [_stat(r, c, n) for c in obj.metrics()]
@@ -146,6 +150,21 @@ def _value_rows(smf: pd.DataFrame, col: str, slots: bool, obj: Objectives) -> li
     return rows
 
 
+def _progress_lines(sweep: Sweep, df: pd.DataFrame) -> list:
+    """The hypervolume after the last search trial and the compute spent, per method too."""
+    obj, prog, out = sweep.objectives, sweep.progress, []
+    hv = pd.to_numeric(prog.get(HYPERVOLUME, pd.Series(dtype=float)), errors="coerce").dropna()
+    if len(hv):
+        ref = ", ".join(f"{n} {v:g}" for n, v in obj.reference if v is not None)     # --cost's has none
+        out.append(f"- hypervolume of the search's front: {hv.iloc[-1]:.4g} after {int(prog['trials'].iloc[-1])} "
+                   f"ended trials (reference point {ref}; {sweep.progress_source}; hypervolume.png)")
+    if COST_S in df and df[COST_S].notna().any():
+        per = df.groupby("method")[COST_S].sum()
+        out.append(f"- compute: {df[COST_S].sum() / 3600:.3g} device-hours over all trial runs (finished and failed; "
+                   + ", ".join(f"{m} {v / 3600:.3g}" for m, v in per.items()) + ")")
+    return out
+
+
 def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> str:
     df, obj = sweep.trials, sweep.objectives
     fin = with_retrofit_deltas(fin, sweep.base, obj)
@@ -160,10 +179,17 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
              f"- trials: {counts['finished']} finished (used)"
              + "".join(f", {v} {k} (excluded)" for k, v in excluded.items()),
              f"- objectives: {obj.describe()} (as recorded: {sweep.objectives_source});"
-             f" forgetting = {obj.forgetting_definition()}; forgetting budget ≤ {budget:g}",
+             f" forgetting = {obj.forgetting_definition()}; forgetting budget ≤ {budget:g}"
+             + ("" if obj.scalar else " for each probe in its unit (" + ", ".join(
+                 f"{obj.short(c)} ≤ {obj.budget_for(c, budget):.4g}" for c in obj.forgetting_metrics()) + ")"),
              "- a row is one config (all params but the seed): mean ± std over its n trials"
              f" (seeds); 'best' = {'highest' if obj.mode(first) == 'max' else 'lowest'} mean"
              f" {obj.short(first)}" + (f" (ties: {ties})" if ties else "")]
+    if obj.constraints:
+        bad = int((~feasible(fin, obj)).sum())
+        lines.append(f"- constraints: {', '.join(str(c) for c in obj.constraints)} — {bad} of {len(fin)} finished"
+                     " trials infeasible (shown hollow; on no front, never 'best')")
+    lines += _progress_lines(sweep, df)
     hashes = df["spec_hash"].dropna().unique()
     if len(hashes) > 1 or (sweep.spec_hash and len(hashes) == 1 and hashes[0] != sweep.spec_hash):
         lines.append(f"- **warning**: trials come from spec hashes {sorted(hashes)}"

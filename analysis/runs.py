@@ -3,7 +3,9 @@
 Layout read (docs/contracts.md): one parent run (tag smf_sweep.role=sweep, metrics base/<task>, tag
 smf_sweep.objectives), one child run per trial (tag smf_sweep.role=trial; tags method, selector,
 trial_id, seed, spec_hash, stage, smf_sweep.default_point, failure_reason; params = the flattened
-trial config; metrics <task>/{before,after,delta}, retrofit/<task>, medmcqa_gain_pp, forgetting).
+trial config; metrics <task>/{before,after,delta}, retrofit/<task>, medmcqa_gain_pp, forgetting,
+<task>_drop_pp, <task>_nats, cost/*, constraint_violation). The parent run's step metrics
+hypervolume and compute_s are the sweep's progress (`Sweep.progress`).
 
 The sweep's objectives (names, directions, forgetting's weights, the probes' directions) are read
 back from the parent run's tag, else sweep.json, else (stores logged before they were recorded)
@@ -46,6 +48,9 @@ def columns(obj: Objectives) -> list[str]:
     return INFO + scores + probe_cols(obj) + retrofit_cols(obj)
 
 
+PROGRESS = ["trials", O.COMPUTE, O.HYPERVOLUME, O.FRONT_SIZE]   # Sweep.progress's columns
+
+
 COLUMNS = columns(Objectives())  # the default objectives' columns
 # always shown in a trial's short config (when the trial has them), then whatever else varies
 KEY_PARAMS = ["lr", "smf.selector", "smf.n_keys", "smf.top_t", "smf.k", "smf.insertion",
@@ -66,6 +71,8 @@ class Sweep:
     spec_hash: str | None = None  # sweep.json's, when known
     objectives: Objectives = field(default_factory=Objectives)  # what the sweep optimised
     objectives_source: str = ""  # "parent run", "sweep.json" or "defaults (not recorded)"
+    progress: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PROGRESS))  # one row per ended search trial
+    progress_source: str = ""  # "parent run" (logged by the sweep) or "recomputed from the trials"
 
 
 def _experiment(client: MlflowClient, name: str, uri: str):
@@ -143,12 +150,9 @@ def _fill_derived(df: pd.DataFrame, obj: Objectives) -> None:
             if c not in df:
                 df[c] = np.nan
         df[O.delta(t)] = df[O.delta(t)].fillna(obj.delta(t, df[O.before(t)], df[O.after(t)]))
-    for c in (O.GAIN, O.FORGETTING):
-        if c not in df:
-            df[c] = np.nan
     derived = obj.scores({t: df[O.delta(t)] for t in obj.tasks})
-    for c in (O.GAIN, O.FORGETTING):
-        df[c] = df[c].fillna(derived[c])
+    for c, v in derived.items():
+        df[c] = df[c].fillna(v) if c in df else v
     for c in retrofit_cols(obj):
         if c not in df:
             df[c] = np.nan
@@ -270,16 +274,54 @@ def load(src: Source, ignore: frozenset = frozenset()) -> Sweep:
             base[t] = float(before.median())
             base_source = (base_source + ", " if base_source else "") + f"trials' {t}/before"
     base = {t: v for t, v in base.items() if v is not None and math.isfinite(v)}
+    prog = logged_progress(client, parent.info.run_id) if parent is not None else pd.DataFrame(columns=PROGRESS)
+    prog_source = "parent run"
+    if prog.empty and len(df):
+        prog, prog_source = progress_of(df, obj), "recomputed from the trial runs"
     return Sweep(src.tracking_uri, exp.experiment_id, exp.name, df,
                  parent.info.run_id if parent is not None else None, base, base_source,
-                 src.spec_hash, obj, obj_source)
+                 src.spec_hash, obj, obj_source, prog, prog_source)
 
 
 def finished(df: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
-    """Trials usable for fronts: MLflow status FINISHED with every objective (and forgetting,
-    which the budget reads) finite."""
+    """Trials usable for fronts: MLflow status FINISHED with every objective (and forgetting or,
+    under nats, its components, which the budget reads) finite. Infeasible ones are among them
+    (`feasible` tells them apart): they are shown, never on a front."""
     obj = obj or Objectives()
     ok = df["status"] == "FINISHED"
-    for c in dict.fromkeys([*obj.names, O.FORGETTING]):
-        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce"))
+    for c in dict.fromkeys([*obj.names, *obj.forgetting_metrics()]):
+        ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce")) if c in df else False
     return df[ok]
+
+
+def feasible(df: pd.DataFrame, obj: Objectives | None = None) -> pd.Series:
+    """Boolean Series: the rows where every constraint of the objectives holds (all of them when
+    there are none; a missing constraint metric is not feasible)."""
+    obj = obj or Objectives()
+    num = {c.metric: pd.to_numeric(df[c.metric], errors="coerce") for c in obj.constraints if c.metric in df}
+    return pd.Series(obj.feasible(num), index=df.index, dtype=bool)
+
+
+def progress_of(df: pd.DataFrame, obj: Objectives) -> pd.DataFrame:
+    """The search's progress recomputed from its trial runs, in the order they ended (finished and
+    failed; objectives.Objectives.progress): what the sweep logs on its parent run."""
+    ended = df[df["status"].isin(["FINISHED", "FAILED"]) & (df["stage"].fillna("search") == "search")]
+    ended = ended.sort_values(["end_time", "start_time"], kind="stable")
+    cols = [c for c in obj.recorded() if c in ended]
+    rows = [{k: float(v) for k, v in r.items() if pd.notna(v)} for r in ended[cols].to_dict("records")]
+    return pd.DataFrame(obj.progress(rows), columns=PROGRESS)
+
+
+def logged_progress(client: MlflowClient, parent_id: str) -> pd.DataFrame:
+    """The parent run's hypervolume, compute_s and front_size histories by step (the last value of
+    a step logged twice, e.g. after a retry); empty when the sweep logged none."""
+    series = {}
+    for key in (O.HYPERVOLUME, O.COMPUTE, O.FRONT_SIZE):
+        hist = client.get_metric_history(parent_id, key)
+        series[key] = pd.Series({m.step: m.value for m in sorted(hist, key=lambda m: (m.step, m.timestamp))},
+                                dtype=float)
+    if series[O.COMPUTE].empty:
+        return pd.DataFrame(columns=PROGRESS)
+    out = pd.DataFrame(series).reindex(columns=PROGRESS[1:])
+    out.index.name = "trials"
+    return out.reset_index().sort_values("trials").reset_index(drop=True)

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.fronts import nondominated, order_best_first
-from analysis.runs import probe_cols, retrofit_cols
-from smf_sweep.objectives import FORGETTING, Objectives
+from analysis.runs import feasible, probe_cols, retrofit_cols
+from smf_sweep.objectives import Objectives
 
 METHOD_ORDER = ["smf", "lora", "full"]
 SELECTOR_ORDER = ["kl", "tfidf", "tf", "random"]
@@ -23,8 +23,10 @@ def retro_deltas(obj: Objectives) -> list[str]:
 
 
 def metrics(obj: Objectives) -> list[str]:
-    """Columns aggregated over seeds: objectives, forgetting, probes, retrofit probes."""
-    return list(dict.fromkeys(obj.metrics() + probe_cols(obj) + retrofit_cols(obj) + retro_deltas(obj)))
+    """Columns aggregated over seeds: objectives, forgetting, probes, retrofit probes, what the
+    constraints read, the costs."""
+    return list(dict.fromkeys(obj.metrics() + probe_cols(obj) + retrofit_cols(obj) + retro_deltas(obj)
+                              + obj.recorded()))
 
 
 def ordered(values, order: list) -> list:
@@ -44,10 +46,12 @@ def status_counts(df: pd.DataFrame, fin: pd.DataFrame) -> dict:
 
 
 def fronts_table(fin: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
-    """Non-dominated trials (on the sweep's objectives, in their directions) per method
+    """Non-dominated feasible trials (on the sweep's objectives, in their directions; infeasible
+    ones, by its constraints, are on no front, as in Optuna's best_trials) per method
     (front=<method>) and over all methods (front=overall); within a front, best first objective
     first, as the sweep's printed front and its confirm stage."""
     obj = obj or Objectives()
+    fin = fin[feasible(fin, obj)]
     parts = []
     for m in ordered(fin["method"].unique(), METHOD_ORDER):
         sub = fin[fin["method"] == m]
@@ -93,17 +97,26 @@ def aggregate(fin: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
 def best(agg: pd.DataFrame, method: str, budget: float | None = None,
          obj: Objectives | None = None) -> pd.Series | None:
     """The method's config with the best mean first objective in its direction (default: the
-    highest gain), within mean forgetting <= budget when given.
+    highest gain) among those whose means meet the constraints, within the forgetting budget when
+    given (Objectives.within_budget: mean forgetting <= budget; under nats every component within
+    the budget in its unit).
 
     Ties: the next objectives in their directions, then more seeds.
     """
     obj = obj or Objectives()
     sub = agg[agg["method"] == method]
+    sub = sub[feasible(sub, obj)]
     if budget is not None:
-        sub = sub[sub[FORGETTING] <= budget]
+        sub = sub[within(sub, budget, obj)]
     if sub.empty:
         return None
     return order_best_first(sub.assign(_neg_n=-sub["n"]), {**obj.senses, "_neg_n": "min"}).iloc[0]
+
+
+def within(df: pd.DataFrame, budget: float, obj: Objectives) -> pd.Series:
+    """Boolean Series: forgetting within the budget (Objectives.within_budget); missing: not."""
+    cols = {n: pd.to_numeric(df[n], errors="coerce") for n in obj.forgetting_metrics() if n in df}
+    return pd.Series(obj.within_budget(cols, budget), index=df.index, dtype=bool)
 
 
 def mean_std(g: pd.DataFrame, col: str) -> tuple[float, float, int]:

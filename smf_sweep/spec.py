@@ -86,6 +86,52 @@ class Objective:
 
 
 @dataclass
+class Forgetting:
+    """What forgetting means (objectives.py): each forgetting probe's damage (accuracy drop in pp,
+    perplexity increase in %), combined by `definition` — `mean` (weighted mean), `worst` (largest
+    weighted damage) or `nats` (no single number: one objective per probe, WikiText as Δ
+    cross-entropy in nats/token, TriviaQA as its drop in pp). `clamp`: damage below 0 counts as 0.
+    The flat form `forgetting: {triviaqa: 1.0, wikitext: 1.0}` is `mean` with those weights."""
+    definition: Literal["mean", "worst", "nats"] = "mean"
+    weights: dict[str, float] = field(default_factory=lambda: {"triviaqa": 1.0, "wikitext": 1.0})
+    clamp: bool = False
+
+    def __post_init__(self):
+        check_choices(self, "forgetting.")
+
+    def legacy(self) -> bool:
+        """Whether the flat form says it all (mean, no clamp): to_dict writes that form, so the spec
+        hashes of sweeps started before definitions existed do not change."""
+        return self.definition == "mean" and not self.clamp
+
+
+FORGETTING_OPTIONS = ("definition", "weights", "clamp")
+
+
+def _forgetting(value, where: str):
+    """The spec's `forgetting` in its full form: flat weights become {weights: …}; probe keys beside
+    `definition`/`clamp` (e.g. `--set forgetting.definition=worst` on a flat spec) are weights."""
+    if not isinstance(value, dict):
+        return value                                     # _convert reports the type
+    weights = {k: v for k, v in value.items() if k not in FORGETTING_OPTIONS}
+    opts = {k: v for k, v in value.items() if k in FORGETTING_OPTIONS}
+    if weights and "weights" in opts:
+        raise _err(where, f"weights go under forgetting.weights; unknown key(s) {sorted(weights)} beside it "
+                          f"(allowed: {', '.join(FORGETTING_OPTIONS)})")
+    return {**opts, "weights": weights} if weights else opts
+
+
+@dataclass
+class Hypervolume:
+    """The hypervolume's reference point (logged per finished trial, plotted by analysis): an
+    objective's value there; default: zero gain (0 for the task's delta) and each damage at
+    `budget` (pp drop, % perplexity increase, ln(1 + budget/100) nats; ±budget for a forgetting
+    probe's delta). A cost objective has no default."""
+    budget: float = 1.0
+    reference: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Search:
     trials: int = 6                    # Optuna trials (after the points)
     concurrency: int = 2               # trials at once
@@ -123,7 +169,9 @@ class Spec:
     probe_batch_size: int = 16
     objectives: list[Objective] = field(default_factory=lambda: [Objective("medmcqa_gain_pp", "max"),
                                                                  Objective("forgetting", "min")])
-    forgetting: dict[str, float] = field(default_factory=lambda: {"triviaqa": 1.0, "wikitext": 1.0})
+    forgetting: Forgetting = field(default_factory=Forgetting)
+    constraints: dict[str, Any] = field(default_factory=dict)   # {metric: ">= b" | "<= b"}: Optuna's feasibility
+    hypervolume: Hypervolume = field(default_factory=Hypervolume)
     train: dict[str, Any] = field(default_factory=dict)      # TrainConfig fields shared by every method
     methods: dict[str, MethodSpec] = field(default_factory=dict)
     search: Search = field(default_factory=Search)
@@ -143,13 +191,20 @@ class Spec:
         return self.methods[arm].method or arm
 
     def spec_hash(self) -> str:
-        d = dataclasses.asdict(self)
-        d.pop("source_file")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
+        """Every key but source_file. Keys added after sweeps had started are left out at their
+        defaults (forgetting in its flat form when it is the mean without clamp, no constraints, the
+        default hypervolume), so those sweeps keep their spec hash and frozen spec."""
         d = dataclasses.asdict(self)
         d.pop("source_file")
+        if self.forgetting.legacy():
+            d["forgetting"] = dict(self.forgetting.weights)
+        if not self.constraints:
+            d.pop("constraints")
+        if self.hypervolume == Hypervolume():
+            d.pop("hypervolume")
         return d
 
 
@@ -176,6 +231,8 @@ def _convert(tp, value, where: str):
     if dataclasses.is_dataclass(tp):
         if tp is Param:
             return _param(value, where)
+        if tp is Forgetting:
+            value = _forgetting(value, where)
         if not isinstance(value, dict):
             raise _err(where, f"expected a mapping, got {type(value).__name__}")
         known = {f.name: f for f in fields(tp) if f.init}
@@ -398,20 +455,35 @@ def validate(spec: Spec) -> None:
             raise _err(f"probes.{task}.limit", "must be >= 0 (0 = everything) or null (the protocol's default)")
     if "medmcqa" not in spec.probes:
         raise _err("probes", "the task probe 'medmcqa' is required (its gain is an objective)")
-    for t, w in spec.forgetting.items():
+    weights = spec.forgetting.weights
+    for t, w in weights.items():
         if t not in spec.probes or t == "medmcqa":
-            raise _err(f"forgetting.{t}", f"forgetting averages forgetting probes of this spec: "
-                                          f"{', '.join(x for x in spec.probes if x != 'medmcqa')}")
+            raise _err(f"forgetting.weights.{t}", f"forgetting weighs forgetting probes of this spec: "
+                                                  f"{', '.join(x for x in spec.probes if x != 'medmcqa')}")
         if not (w >= 0 and math.isfinite(w)):
-            raise _err(f"forgetting.{t}", f"weight must be >= 0, got {w}")
-    if not spec.forgetting or sum(spec.forgetting.values()) <= 0:
-        raise _err("forgetting", "needs at least one probe with a positive weight")
-    names = {"medmcqa_gain_pp", "forgetting"} | {f"{t}/delta" for t in spec.probes}
+            raise _err(f"forgetting.weights.{t}", f"weight must be >= 0, got {w}")
+    if not weights or sum(weights.values()) <= 0:
+        raise _err("forgetting.weights", "needs at least one probe with a positive weight")
+    from . import objectives as O
+
+    names = ({O.GAIN, O.FORGETTING} | {O.delta(t) for t in spec.probes} | set(O.COSTS)
+             | {f(t) for t in spec.probes if t != "medmcqa" for f in (O.drop_pp, O.nats)})
     if not spec.objectives:
         raise _err("objectives", "at least one objective is needed")
     for i, o in enumerate(spec.objectives):
         if o.name not in names:
             raise _err(f"objectives[{i}].name", f"unknown objective {o.name!r}; allowed: {', '.join(sorted(names))}")
+    hv = spec.hypervolume
+    if not (hv.budget >= 0 and math.isfinite(hv.budget)):
+        raise _err("hypervolume.budget", f"must be a number >= 0, got {hv.budget}")
+    try:                                  # the objectives as the sweep will use them (nats expands forgetting)
+        obj = O.Objectives.from_spec(spec)
+    except ValueError as e:
+        raise _err("", str(e)) from None
+    missing = [n for n, r in obj.reference if r is None]
+    if missing:
+        raise _err(f"hypervolume.reference.{missing[0]}", "this objective has no default reference point (a cost): "
+                                                        "give the value beyond which a trial adds no hypervolume")
     s = spec.search
     if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0 or s.trial_retries < 0:
         raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0, trial_retries >= 0")

@@ -2,12 +2,17 @@
 
 All writes happen in the Tune driver process (a Tune Callback), so a SQLite store has one writer.
 A resumed sweep finds its parent run and each trial's run again by tags, so nothing is duplicated
-and no record is lost; a failed trial's run ends FAILED with its reason."""
+and no record is lost; a failed trial's run ends FAILED with its reason. After every search trial
+that ends, the parent run gets the sweep's progress as step metrics: the hypervolume of the front
+so far (step = search trials ended), the cumulative compute, the hypervolume by compute (step =
+cumulative device-seconds) and the front's size (objectives.Objectives.hypervolume)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +25,10 @@ from .probes.base import TASKS
 
 STEP_PREFIXES = ("train/", "retrofit/")
 _TASKS = "|".join(map(re.escape, TASKS))
-# every objective a spec may name is among these: <task>/delta, medmcqa_gain_pp, forgetting (objectives.py)
+# every objective a spec may name is among these: <task>/delta, medmcqa_gain_pp, forgetting, <task>_drop_pp,
+# <task>_nats, cost/* (objectives.py); and constraint_violation
 FINAL_KEYS = re.compile(rf"^(({_TASKS})/(before|after|delta)|retrofit/({_TASKS})|{re.escape(O.GAIN)}|{re.escape(O.FORGETTING)}"
+                        rf"|({_TASKS})_(drop_pp|nats)|cost/\w+|{re.escape(O.VIOLATION)}"
                         r"|trial_seconds|trainable_params|train_steps|time\.\w+)$")
 UI_PORT = 5000                   # `mlflow ui`'s default port
 ARTIFACTS_DIR = "mlartifacts"    # a SQLite store's artifacts: <directory of the .db>/mlartifacts
@@ -207,9 +214,11 @@ class MLflowTrialLogger(Callback):
         self.tracker_args, self.describe = tracker_args, describe
         self.tracker: SweepTracker | None = None
         self.runs: dict[str, str] = {}
+        self.progress: Progress | None = None
 
     def setup(self, **info):
         self.tracker = SweepTracker(**self.tracker_args)
+        self.progress = None          # read again from the store: a resumed sweep continues its steps
 
     def _run(self, trial) -> str:
         if trial.trial_id in self.runs:
@@ -245,20 +254,37 @@ class MLflowTrialLogger(Callback):
             self.tracker.client.log_batch(rid, metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from mlflow.entities import Metric
 
         rid, ts = self._run(trial), int(time.time() * 1000)
         res = trial.last_result or {}
-        final = [Metric(k, float(v), ts, 0) for k, v in res.items()
-                 if FINAL_KEYS.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool)]
+        final = _final_metrics(res, ts)
         self.tracker.client.log_batch(rid, metrics=final)
         self.tracker.client.set_terminated(rid, "FINISHED")
+        self._log_progress(trial, {m.key: m.value for m in final})
 
     def on_trial_error(self, iteration, trials, trial, **info):
         rid = self._run(trial)
         reason = failure_reason(trial)
+        cost = _final_metrics({k: v for k, v in (trial.last_result or {}).items() if k in O.COSTS},
+                              int(time.time() * 1000))
+        if cost:                      # a failed trial's compute (tune.sweep_trial reports it with the reason)
+            self.tracker.client.log_batch(rid, metrics=cost)
         self.tracker.client.set_tag(rid, O.FAILURE_TAG, reason[:5000])
         self.tracker.client.set_terminated(rid, "FAILED")
+        self._log_progress(trial, {m.key: m.value for m in cost})
+
+    def _log_progress(self, trial, metrics: dict) -> None:
+        """The parent run's progress metrics after a search trial ended; never fails the sweep."""
+        if (trial.config or {}).get("point", trial.config or {}).get("stage", "search") != "search":
+            return                    # the confirm stage re-runs front configs: not the search's progress
+        try:
+            if self.progress is None:
+                self.progress = Progress.read(self.tracker)
+            self.progress.add(trial.trial_id, metrics)
+            self.progress.log(self.tracker)
+        except Exception as e:  # noqa: BLE001 — the records of the trial itself are written already
+            print(f"warning: the sweep's hypervolume/compute could not be logged after trial {trial.trial_id}: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
 
     def on_experiment_end(self, trials, **info):
         """Runs of trials that a stopped driver had started but Tune never recorded stay RUNNING:
@@ -271,6 +297,67 @@ class MLflowTrialLogger(Callback):
                                  "Tune recorded this trial; its configuration was run again on resume")
                 t.client.set_terminated(run.info.run_id, "KILLED")
         t.finish("FINISHED")
+
+
+def _final_metrics(res: dict, ts: int) -> list:
+    from mlflow.entities import Metric
+
+    return [Metric(k, float(v), ts, 0) for k, v in res.items()
+            if FINAL_KEYS.match(k) and isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+class Progress:
+    """The search's ended trials in order (id → final metrics; a failed trial's: its cost only),
+    under the sweep's recorded objectives (the parent run's tag). Read from the store on the first
+    trial a driver sees, so a resumed sweep counts the trials before it; a trial seen again (a
+    retry) keeps its place."""
+
+    def __init__(self, obj: "O.Objectives | None", rows: dict[str, dict]):
+        self.obj, self.rows = obj, rows
+
+    @classmethod
+    def read(cls, tracker: "SweepTracker") -> "Progress":
+        c = tracker.client
+        text = c.get_run(tracker.parent_id).data.tags.get(O.OBJECTIVES_TAG)
+        obj = O.Objectives.from_json(text) if text else None
+        runs, token = [], None
+        while True:
+            page = c.search_runs([tracker.experiment_id], filter_string=(
+                f"tags.`{O.PARENT_TAG}` = '{tracker.parent_id}' and tags.`{O.ROLE_TAG}` = '{O.ROLE_TRIAL}'"),
+                max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        ended = [r for r in runs if r.info.status in ("FINISHED", "FAILED")
+                 and r.data.tags.get(O.STAGE_TAG, "search") == "search"]
+        ended.sort(key=lambda r: (r.info.end_time or 0, r.info.start_time or 0))
+        return cls(obj, {r.data.tags.get("trial_id", r.info.run_id): dict(r.data.metrics) for r in ended})
+
+    def add(self, trial_id: str, metrics: dict) -> None:
+        self.rows[trial_id] = dict(metrics)
+
+    def point(self) -> dict:
+        """{trials, compute_s, hypervolume (None without a reference), front_size} now."""
+        rows = list(self.rows.values())
+        compute = sum(float(r[O.COST_S]) for r in rows
+                      if isinstance(r.get(O.COST_S), (int, float)) and math.isfinite(r[O.COST_S]))
+        hv = self.obj.hypervolume(rows) if self.obj is not None else None
+        size = self.obj.front_size(rows) if self.obj is not None else None
+        return {"trials": len(rows), O.COMPUTE: compute, O.HYPERVOLUME: hv, O.FRONT_SIZE: size}
+
+    def log(self, tracker: "SweepTracker") -> dict:
+        from mlflow.entities import Metric
+
+        p, ts = self.point(), int(time.time() * 1000)
+        n = p["trials"]
+        metrics = [Metric(O.COMPUTE, p[O.COMPUTE], ts, n)]
+        if p[O.HYPERVOLUME] is not None:
+            metrics += [Metric(O.HYPERVOLUME, p[O.HYPERVOLUME], ts, n),
+                        Metric(O.HYPERVOLUME_BY_COMPUTE, p[O.HYPERVOLUME], ts, int(round(p[O.COMPUTE]))),
+                        Metric(O.FRONT_SIZE, float(p[O.FRONT_SIZE]), ts, n)]
+        tracker.client.log_batch(tracker.parent_id, metrics=metrics)
+        return p
 
 
 def failure_reason(trial) -> str:

@@ -58,13 +58,19 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
 
     One host sync per optimizer step: losses, token counts and the hooks' and stepper's figures stay
     on the device and are read at log time. Raises NonFiniteLoss if the loss of a step is NaN/inf on
-    any rank, before that step's update (the gradients of a NaN loss never reach the weights)."""
+    any rank, before that step's update (the gradients of a NaN loss never reach the weights).
+
+    `<stage>/tokens` is the running total of tokens trained on (non-pad tokens of this rank's
+    micro-batches × workers, as tokens_per_s counts them), read with the window's count at log time
+    and kept across a resume in the checkpoint's loop.json (a checkpoint step that is not a log step
+    reads the window's count once more)."""
     accum = cfg.accumulation(world_size)
     total = total_steps or cfg.total_steps(batcher.steps_per_epoch)
-    start = 0
+    start, tokens = 0, 0.0               # tokens: the running total up to the last log (host side)
     if resume_dir is not None:
         setup.stepper.load(resume_dir)
-        start = json.loads((resume_dir / "loop.json").read_text())["step"]
+        loop = json.loads((resume_dir / "loop.json").read_text())
+        start, tokens = loop["step"], float(loop.get("tokens", 0.0))
     model, hooks, stepper = setup.model, setup.hooks, setup.stepper
     model.train()
     last: dict = {}
@@ -104,14 +110,17 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
             metrics = {f"{stage}/step": done}
             if log:
                 dt = time.perf_counter() - window["t"]
+                seen = window["tokens"].item() * world_size
+                tokens += seen
                 metrics.update({f"{stage}/loss": window["loss"].item() / window["micro"], f"{stage}/lr": lr,
-                                f"{stage}/tokens_per_s": window["tokens"].item() * world_size / max(dt, 1e-9),
+                                f"{stage}/tokens_per_s": seen / max(dt, 1e-9), f"{stage}/tokens": tokens,
                                 f"{stage}/optimizer_steps": done, f"{stage}/examples_seen": examples,
                                 f"{stage}/effective_batch": cfg.effective_batch,
                                 **{f"{stage}/{k}": _host(v) for k, v in extra.items()}})
                 window = {"loss": zero(), "tokens": zero(), "t": time.perf_counter(), "micro": 0}
                 last = metrics
-            ckpt = _checkpoint(setup, stage, done) if save else None
+            ckpt = _checkpoint(setup, stage, done, tokens if log else tokens + window["tokens"].item() * world_size) \
+                if save else None
             try:
                 report(metrics, ckpt)
             finally:
@@ -123,13 +132,13 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     return last
 
 
-def _checkpoint(setup: Setup, stage: str, step: int) -> Path:
+def _checkpoint(setup: Setup, stage: str, step: int, tokens: float = 0.0) -> Path:
     """The stepper's state (weights that train, optimizer, schedule) and the loop position, in a
     fresh local directory that the reporter hands to Ray (which uploads and merges ranks' files);
     run_stage deletes it after the report."""
     path = Path(tempfile.mkdtemp(prefix=f"ckpt-{stage}-{step}-"))
     setup.stepper.save(path)
-    (path / "loop.json").write_text(json.dumps({"step": step, "stage": stage}))
+    (path / "loop.json").write_text(json.dumps({"step": step, "stage": stage, "tokens": tokens}))
     return path
 
 

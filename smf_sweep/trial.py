@@ -127,8 +127,9 @@ def delta(before: float, after: float, higher_is_better: bool) -> float:
 
 
 def outcome(spec: Spec, base: dict, after: dict) -> dict:
-    """Per probe before/after/delta, `medmcqa_gain_pp` and `forgetting` (the weighted mean of each
-    forgetting probe's damage: accuracy drop in pp, perplexity increase in %), all through the
+    """Per probe before/after/delta, `medmcqa_gain_pp`, `forgetting` (by the spec's definition:
+    mean or worst of the forgetting probes' damage, maybe clamped; none under `nats`) and each
+    forgetting probe's damage in its own unit (`<task>_drop_pp`, `<task>_nats`), all through the
     spec's `Objectives` (smf_sweep/objectives.py; directions as the base probes recorded them)."""
     from . import objectives as O
 

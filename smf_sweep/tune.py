@@ -59,13 +59,23 @@ def trial_params(config: dict) -> tuple[str, dict, int | None]:
 
 
 def make_searcher(spec: Spec):
+    """Ray's OptunaSearch over the spec's objectives (objectives.Objectives: names and modes in
+    Optuna's order, `forgetting` expanded under nats) and constraints: a finished trial's constraint
+    values go onto its Optuna trial (Trial.set_constraint, Optuna 5's mechanism; the samplers'
+    `constraints_func` is deprecated) before it is told, so TPE/NSGA-II treat it as infeasible and
+    `study.best_trials` leaves it out."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    from .objectives import Objectives
+
+    obj = Objectives.from_spec(spec)
 
     class SafeOptunaSearch(OptunaSearch):
         """OptunaSearch that never leaves a study trial RUNNING: an errored trial, or one whose last
         result lacks a finite objective (e.g. it failed after intermediate training reports), is
-        told FAIL. (Ray's own version tells [None, None] as COMPLETE, which Optuna rejects.)"""
+        told FAIL. (Ray's own version tells [None, None] as COMPLETE, which Optuna rejects.) A
+        finished trial's constraint values (Objectives.violations: <= 0 holds) are set first."""
 
         def on_trial_result(self, trial_id, result):
             """A failing trial's driver reports why before it raises (sweep_trial); Tune then calls
@@ -94,6 +104,11 @@ def make_searcher(spec: Spec):
                 self._ot_study.tell(ot, state=optuna.trial.TrialState.FAIL)
                 self._completed_trials.add(trial_id)
                 return
+            checker = self.__dict__.get("_smf_objectives")
+            if checker is not None and checker.constraints:
+                ot = self._ot_trials[trial_id]
+                for key, value in checker.violations(result).items():
+                    ot.set_constraint(key, value)
             super().on_trial_complete(trial_id, result, error)
 
         def restore(self, checkpoint_path: str):
@@ -114,10 +129,12 @@ def make_searcher(spec: Spec):
                 "random": lambda s: optuna.samplers.RandomSampler(seed=s),
                 "nsga2": lambda s: optuna.samplers.NSGAIISampler(seed=s)}
     storage = f"sqlite:///{spec.sweep_dir() / 'optuna.db'}"
-    return SafeOptunaSearch(space=space_of(spec), metric=[o.name for o in spec.objectives],
-                            mode=[o.mode for o in spec.objectives], sampler=samplers[spec.search.sampler](spec.search.seed),
-                            storage=optuna.storages.RDBStorage(storage), study_name=f"{spec.name}-{spec.spec_hash()}",
-                            points_to_evaluate=points_of(spec) or None)
+    searcher = SafeOptunaSearch(space=space_of(spec), metric=list(obj.names), mode=list(obj.modes),
+                                sampler=samplers[spec.search.sampler](spec.search.seed),
+                                storage=optuna.storages.RDBStorage(storage), study_name=f"{spec.name}-{spec.spec_hash()}",
+                                points_to_evaluate=points_of(spec) or None)
+    searcher._smf_objectives = obj        # saved with the searcher's state (OptunaSearch.save pickles __dict__)
+    return searcher
 
 
 # ---- one Tune trial ------------------------------------------------------------------------------
@@ -128,12 +145,29 @@ def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
     innermost frames, failures.describe_error) and then raises TrialFailed with that reason: Tune's
     searcher and callbacks are told of an error without its text, but they see results, so the
     reason reaches Optuna (SafeOptunaSearch: user attr failure_reason) and MLflow (tag
-    failure_reason), and Tune's own error (error.txt, Result.error) ends with it."""
+    failure_reason), and Tune's own error (error.txt, Result.error) ends with it.
+
+    Its cost goes with either report (objectives.COSTS): `cost/device_s` = the Ray Train run's wall
+    seconds (`trial_seconds`; a failed trial: this driver's) × workers × GPUs per worker (CPUs when
+    it has no GPU), `cost/tokens` = the loop's train/tokens, `cost/peak_memory_bytes` = the worker's
+    train/peak_memory_bytes where it reports one; and, with constraints, `constraint_violation`."""
     from ray import tune
 
     from .failures import describe_error
+    from .objectives import COST_MEMORY, COST_S, COST_TOKENS, VIOLATION, Objectives, device_seconds
     from .trial import TrialFailed, run_trial
 
+    def cost(arm: str | None, seconds: float, m: dict) -> dict:
+        if arm not in spec.methods:
+            return {}
+        r = spec.methods[arm].resources
+        out = {COST_S: device_seconds(seconds, r.workers, r.gpus_per_worker, r.cpus_per_worker)}
+        for key, name in (("train/tokens", COST_TOKENS), ("train/peak_memory_bytes", COST_MEMORY)):
+            if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool):
+                out[name] = float(m[key])
+        return out
+
+    t0, method = time.perf_counter(), None
     try:
         method, params, seed = trial_params(config)
         seed = spec.seeds[0] if seed is None else seed
@@ -142,10 +176,14 @@ def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
     except Exception as e:
         reason = str(e) if isinstance(e, TrialFailed) else describe_error(e)   # TrialFailed: already a reason
         try:
-            tune.report({"failure_reason": reason, "trial_failed": 1})
+            tune.report({"failure_reason": reason, "trial_failed": 1, **cost(method, time.perf_counter() - t0, {})})
         except Exception:  # noqa: BLE001 — the raise below still carries the reason
             pass
         raise TrialFailed(reason) from e
+    out.update(cost(method, out.get("trial_seconds", time.perf_counter() - t0), out))
+    obj = Objectives.from_spec(spec, base)
+    if obj.constraints:
+        out[VIOLATION] = obj.violation(out)
     tune.report({**out, "trial_done": 1})
 
 
@@ -318,15 +356,20 @@ def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progr
 def summarize(spec: Spec, grid, uri: str) -> dict:
     """The search's outcome, ranked by the spec's objectives (objectives.Objectives): trials
     finished, and the Pareto front as Optuna sees it (`study.best_trials` of the sweep's study, in the
-    spec's directions), best first objective first. Also where the records are (sweep dir, MLflow
-    experiment, the UI command and the URL of the experiment's runs table: `where_to_look`)."""
-    from .objectives import EXPERIMENT_PREFIX, Objectives
+    spec's directions; infeasible trials, by the spec's constraints, are on no front), best first
+    objective first; the front's hypervolume (objectives.Objectives.hypervolume) and the compute
+    spent (cost/device_s). Also where the records are (sweep dir, MLflow experiment, the UI command
+    and the URL of the experiment's runs table: `where_to_look`)."""
+    from .objectives import COST_S, EXPERIMENT_PREFIX, Objectives
     from .tracking import runs_url, ui_command
 
     obj = Objectives.from_spec(spec)
     rows, times = [], {"trial": 0.0, "setup": 0.0, "train": 0.0, "probe": 0.0}
+    compute = 0.0
     for r in grid:
         m = r.metrics or {}
+        if isinstance(m.get(COST_S), (int, float)):
+            compute += m[COST_S]
         if isinstance(m.get("trial_seconds"), (int, float)):
             times["trial"] += m["trial_seconds"]
             for k in ("setup", "train", "probe"):
@@ -336,16 +379,17 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
         rows.append({"trial_id": m.get("trial_id", ""), "method": method,
                      "status": "ok" if r.error is None and obj.values(m) is not None else "failed",
                      "params": {k: v for k, v in cfg.items() if k == "method" or k.startswith(f"{method}.")},
-                     **{k: m.get(k) for k in obj.metrics()},
+                     **{k: m.get(k) for k in obj.recorded()},
                      "config": json.dumps({k: v for k, v in cfg.items() if k != "method"}, default=str)})
     done = [r for r in rows if r["status"] == "ok"]
+    feasible = [r for r in done if obj.feasible(r)]
     front, source = study_front(spec, obj, done)
     if front is None:                     # no study (e.g. a sweep without a searcher): the same rule on Tune's results
         from analysis.fronts import nondominated
         import pandas as pd
 
-        mask = nondominated(pd.DataFrame(done, columns=list(obj.names)), obj.senses) if done else []
-        front, source = [r for r, on in zip(done, mask) if on], "Tune's results (no Optuna study found)"
+        mask = nondominated(pd.DataFrame(feasible, columns=list(obj.names)), obj.senses) if feasible else []
+        front, source = [r for r, on in zip(feasible, mask) if on], "Tune's results (no Optuna study found)"
     front = sorted(front, key=obj.rank_key)
     arrows = ", ".join(f"{n} {obj.arrow(n)}" for n in obj.names)
     print(f"\n{len(done)} of {len(rows)} trials finished; Pareto-optimal ({arrows}; from {source}):")
@@ -355,6 +399,14 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
         cols = ["trial_id", "method", *obj.metrics(), "config"]
         print(pd.DataFrame(front).reindex(columns=cols).to_string(index=False, float_format=lambda x: f"{x:+.2f}"))
     print(f"objectives: {obj.describe()}")
+    if obj.constraints:
+        print(f"constraints: {len(done) - len(feasible)} of {len(done)} finished trials infeasible (never on the front)")
+    hv = obj.hypervolume(done)
+    if hv is not None:
+        ref = ", ".join(f"{n} {v:g}" for n, v in obj.reference)
+        print(f"hypervolume of the front: {hv:.4g} (reference point: {ref})")
+    if compute:
+        print(f"compute: {compute:.0f} device-seconds (wall s × workers × GPUs, or CPUs, per worker)")
     if times["trial"]:
         work = times["setup"] + times["train"] + times["probe"]
         print(f"\ntime inside trials: {times['trial']:.0f} s = training {times['train']:.0f} s + probing "
@@ -366,7 +418,8 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
     return {"trials": len(rows), "finished": len(done), "front": front, "objectives": obj.to_dict(),
             "sweep_dir": str(sweep), "tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
             "mlflow_ui": ui_command(uri), "runs_url": runs_url(uri, exp_id) if exp_id else None,
-            "seconds_in_trials": times}
+            "seconds_in_trials": times, "hypervolume": hv, "compute_s": compute,
+            "feasible": len(feasible)}
 
 
 def study_front(spec: Spec, obj, done: list[dict]) -> tuple[list[dict] | None, str]:
