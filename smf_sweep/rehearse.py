@@ -361,7 +361,7 @@ class Rehearsal:
                   for t in ("medmcqa", "wikitext", "triviaqa") if f"{t}/before" in out}
         figs = dict(method=method, params=params, precision=final.get("train/precision"),
                     steps=final.get("train_steps"), loss=final.get("train/loss"),
-                    medmcqa_gain_pp=out["medmcqa_gain_pp"], forgetting=out["forgetting"],
+                    medmcqa_gain_pp=out["medmcqa_gain_pp"], forgetting=out.get("forgetting"),
                     probes_before_after_delta=probes, trainable=final.get("trainable_params"),
                     tokens_per_s=final.get("train/tokens_per_s"),
                     **{k: final.get(k) for k in COUNTERS},

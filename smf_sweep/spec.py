@@ -414,7 +414,7 @@ def validate(spec: Spec) -> None:
         if spec.algorithm(name) not in METHODS:
             key = f"{where}.method" if ms.method else where
             raise _err(key, f"unknown method {spec.algorithm(name)!r}; known: {', '.join(METHODS.names())}"
-                            + ("" if ms.method else f" (an arm of another name says which: method: smf)"))
+                            + ("" if ms.method else " (an arm of another name says which: method: smf)"))
         if "." in name:
             raise _err(where, "an arm's name cannot contain '.' (it prefixes its parameters: <arm>.lr)")
         mf, tf = method_fields(spec.algorithm(name))

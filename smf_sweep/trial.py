@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -272,7 +271,10 @@ def format_outcome(spec: Spec, out: dict, params: dict, base: dict) -> str:
     for t in spec.probes:
         unit = "pp" if base[f"{t}.hib"] else "%"
         lines.append(f"{t:<10}{out[f'{t}/before']:>10.4g}{out[f'{t}/after']:>10.4g}{out[f'{t}/delta']:>+9.2f}{unit}")
-    lines.append(f"medmcqa_gain_pp {out['medmcqa_gain_pp']:+.2f}   forgetting {out['forgetting']:+.2f}")
+    from .objectives import Objectives
+
+    objs = Objectives.from_spec(spec).names            # forgetting, or its per-probe parts under `nats`
+    lines.append("   ".join(f"{k} {out[k]:+.3g}" if abs(out[k]) < 1 else f"{k} {out[k]:+.2f}" for k in objs if k in out))
     return "\n".join(lines)
 
 

@@ -134,6 +134,8 @@ def train_worker(config: WorkerConfig | Mapping[str, Any], reporter: Reporter | 
         final.update(probe_results(exported, tok, probes, pbs, tcfg.precision, prefix="after/"))
     final["time.probe_s"] = time.perf_counter() - t_probe
     setup.hooks.close()
+    if device.type == "cuda":                              # the trial's cost (objectives.py: cost/peak_memory_bytes)
+        final["train/peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
     _report_final(reporter, final, rank)
     return final
 
