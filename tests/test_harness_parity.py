@@ -3,6 +3,7 @@ its own task YAMLs, utils and HFLM on the embedded world's model and data, compa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,10 +12,16 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
+# an in-process DeepSpeed run earlier in the session (full FT's one-rank group) leaves these set; a
+# user's shell has none, and lm_eval would try to join that group's port
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
 def test_harness_variants_equal_lm_eval(world):
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
     out = subprocess.run([sys.executable, "-m", "smf_sweep.parity", "--world", str(world),
-                          "--json"], capture_output=True, text=True, timeout=900)
-    assert out.returncode in (0, 1), out.stderr[-3000:]
+                          "--json"], capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode in (0, 1) and out.stdout.strip(), f"rc {out.returncode}: {out.stderr[-3000:]}"
     report = json.loads(out.stdout.strip().splitlines()[-1])
     checks = {(c["task"], c["what"]): c for c in report["checks"]}
     assert set(checks) == {("medmcqa", "acc"), ("medmcqa", "acc_norm"), ("triviaqa", "exact_match"),

@@ -46,13 +46,18 @@ def _ensure_process_group() -> None:
         return
     import deepspeed
 
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    for k, v in {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-        os.environ.setdefault(k, v)
-    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    backend = "gloo" if not torch.cuda.is_available() else "nccl"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:     # a launcher (torchrun, …) describes a real group: join it
+        deepspeed.init_distributed(dist_backend=backend)
+        return
+    # one rank of our own, on a fresh loopback port: a MASTER_PORT inherited from a parent that ran its
+    # own one-rank group (a test session, the rehearsal) would be taken already
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
+                       "LOCAL_RANK": "0"})
+    deepspeed.init_distributed(dist_backend=backend)
 
 
 class DeepSpeedStepper:
