@@ -125,6 +125,7 @@ class Full:
                 return engine.module
             state = engine._zero3_consolidated_16bit_state_dict()   # collective: every rank calls it
             fresh = type(engine.module)(engine.module.config)
+            fresh.generation_config = engine.module.generation_config   # the probes decode under it (TriviaQA)
             if ctx.rank == 0:
                 fresh.load_state_dict(state, strict=False)
             return fresh.to(ctx.device)
