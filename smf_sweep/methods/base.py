@@ -53,4 +53,3 @@ class SetupContext:
     cache_dir: Path | None = None   # content-addressed caches shared by trials (retrofits, background stats)
     probe: Callable[[nn.Module], dict] | None = None   # probe a model (rank 0), e.g. the retrofit checkpoint
     data: dict[str, str] = field(default_factory=dict)  # data sources by name (task, retrofit, …)
-    report: Callable[[dict], None] | None = None
