@@ -10,7 +10,13 @@ later trial can start (seen in tests/test_cluster_sweep.py). Two ways out:
   the created groups: a group once seen holding live actors that then stays empty for `grace_s` is
   an orphan and goes. Groups never seen in use (Tune's staged trial groups, a run whose workers are
   still starting) are left alone. This needs Ray's state API (the dashboard); without it only the
-  first way works."""
+  first way works;
+- a group whose node died is RESCHEDULING: Ray 2.60's GCS retries it in a loop with no back-off
+  while the surviving nodes' resources are taken (tens of millions of attempts, two busy cores'
+  worth of GCS and dashboard agent, seen in tests/test_cluster_sweep.py), and once it fits it holds
+  them with no actor in it. Its owner is gone or starts afresh (Ray Train makes a new group for every
+  worker-group start; Tune requests new resources for a retried trial), so a RESCHEDULING group with
+  no live actor goes after `lost_grace_s`, and counts as once used (an orphan if it lands empty)."""
 from __future__ import annotations
 
 import os
@@ -20,9 +26,10 @@ from ray.tune import Callback
 
 
 class PlacementGroupJanitor(Callback):
-    def __init__(self, grace_s: float | None = None, interval_s: float = 15.0):
+    def __init__(self, grace_s: float | None = None, interval_s: float = 15.0, lost_grace_s: float = 5.0):
         self.grace_s = float(os.environ.get("SMF_SWEEP_ORPHAN_PG_S", 120)) if grace_s is None else grace_s
         self.interval_s = interval_s
+        self.lost_grace_s = lost_grace_s
         self.groups: dict[str, set[str]] = {}     # trial id -> placement group ids (hex) its workers used
         self.seen_used: set[str] = set()          # group ids once seen holding a live actor
         self.empty_since: dict[str, float] = {}   # group id -> when it was first seen empty after that
@@ -70,13 +77,14 @@ class PlacementGroupJanitor(Callback):
             return []
         used = {a.placement_group_id for a in alive if a.placement_group_id}
         table, removed = placement_group_table(), []
-        self.seen_used |= used
+        lost = {gid for gid, e in table.items() if e.get("state") == "RESCHEDULING"}
+        self.seen_used |= used | lost
         for gid, entry in table.items():
-            if entry.get("state") != "CREATED" or gid in used or gid not in self.seen_used:
+            if entry.get("state") not in ("CREATED", "RESCHEDULING") or gid in used or gid not in self.seen_used:
                 self.empty_since.pop(gid, None)
                 continue
             since = self.empty_since.setdefault(gid, now)
-            if now - since >= self.grace_s and _remove(gid, table):
+            if now - since >= (self.lost_grace_s if gid in lost else self.grace_s) and _remove(gid, table):
                 removed.append(gid)
                 self.empty_since.pop(gid, None)
         return removed

@@ -116,13 +116,17 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
                                                  detail=True) if a.node_id == worker_node], 600, "a trial on the worker node", 1)
         time.sleep(5)                                             # mid-trial
         assert cluster.stop_node("w1") > 0
-        status = wait_for(lambda: _job_status(cluster, jid) in ("SUCCEEDED", "FAILED", "STOPPED") and _job_status(cluster, jid),
-                          1500, "the job to end", 5)
+        try:
+            status = wait_for(lambda: _job_status(cluster, jid) in ("SUCCEEDED", "FAILED", "STOPPED") and _job_status(cluster, jid),
+                              1500, "the job to end", 5)
+        except AssertionError as e:               # say where it hung: the driver's log and the groups
+            from ray.util.placement_group import placement_group_table
+            groups = {g[:8]: (v["state"], v["stats"].get("scheduling_attempt")) for g, v in placement_group_table().items()}
+            raise AssertionError(f"{e}; placement groups {groups}\n{_job_logs(cluster, jid)[-4000:]}") from None
         workers = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10000)
         used = {a.node_id for a in workers}
     label = {i: next((k for k in (n.resources_total or {}) if k.startswith("node_")), i[:8]) for i, n in nodes.items()}
-    logs = subprocess.run(["ray", "job", "logs", "--address", cluster.dashboard_url, jid], env=cluster.client_env(),
-                          capture_output=True, text=True, timeout=120).stdout
+    logs = _job_logs(cluster, jid)
     assert status == "SUCCEEDED", logs[-4000:]
     assert worker_node in used and len(used) >= 2, "trials did not run on more than one node"
     runs = finished_runs(cluster.mlflow_uri, name)
@@ -140,6 +144,11 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
     print(json.dumps({"cluster_sweep_seconds": round(time.time() - t0), "nodes_used": len(used),
                       "train_workers_per_node": dict(Counter(label.get(a.node_id, a.node_id[:8]) for a in workers)),
                       "statuses": {k: len(v) for k, v in by_status.items()}}))
+
+
+def _job_logs(c, jid: str) -> str:
+    return subprocess.run(["ray", "job", "logs", "--address", c.dashboard_url, jid], env=c.client_env(),
+                          capture_output=True, text=True, timeout=120).stdout
 
 
 def _job_status(c, jid: str) -> str:
