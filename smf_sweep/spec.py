@@ -24,6 +24,7 @@ import yaml
 
 from .choices import check_choices, choices, one_of
 from .hub import is_hub_id
+from .curves import CurveConfig
 from .methods import METHODS
 from .probes import TASKS, VARIANTS
 from .train_loop import TrainConfig
@@ -180,6 +181,7 @@ class Spec:
     storage: str = "runs"                        # sweep dir = storage/name; made absolute (from the cwd) when parsed
     tracking_uri: str | None = None              # None: sqlite:///<sweep dir>/mlflow.db
     threads_per_worker: int | None = None        # torch threads in each worker (None: torch's default)
+    curves: CurveConfig = field(default_factory=CurveConfig)   # learning–forgetting curves (curves.py; every 0: off)
     source_file: str = ""                        # set by load_spec
 
     # ---- derived ----
@@ -205,6 +207,8 @@ class Spec:
             d.pop("constraints")
         if self.hypervolume == Hypervolume():
             d.pop("hypervolume")
+        if self.curves == CurveConfig():
+            d.pop("curves")
         return d
 
 

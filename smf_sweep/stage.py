@@ -187,6 +187,11 @@ class Setup:
     hooks: Hooks = field(default_factory=Hooks)
     trainable: int = 0                         # number of trainable parameters (logged)
     info: dict[str, Any] = field(default_factory=dict)   # anything the method wants logged once
+    view: Callable[[], nn.Module] | None = None    # the model as it is now, to probe mid-training without
+                                                   # changing it (curves.Curve); None: `model`
+
+    def current(self) -> nn.Module:
+        return self.view() if self.view is not None else self.model
 
 
 # ---- a method's stages (Method.stages), run in order by train_loop.run_stages -------------------

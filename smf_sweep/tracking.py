@@ -23,7 +23,7 @@ from ray.tune import Callback
 from . import objectives as O
 from .probes.base import TASKS
 
-STEP_PREFIXES = ("train/", "retrofit/")
+STEP_PREFIXES = ("train/", "retrofit/", "curve/")
 _TASKS = "|".join(map(re.escape, TASKS))
 # every objective a spec may name is among these: <task>/delta, medmcqa_gain_pp, forgetting, <task>_drop_pp,
 # <task>_nats, cost/* (objectives.py); and constraint_violation

@@ -31,6 +31,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 Reporter = Callable[[dict, "Path | None"], None]
+Evaluator = Callable[[int, int], dict]       # (optimizer step, total steps) -> metrics at that step, or {}
 
 
 def _all_ranks_finite(step_loss: torch.Tensor, world_size: int) -> bool:
@@ -48,7 +49,8 @@ def _host(v) -> float | int | str:
 
 def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter, *, stage: str = "train",
               total_steps: int | None = None, device: torch.device = torch.device("cpu"), rank: int = 0,
-              world_size: int = 1, resume_dir: Path | None = None, progress: bool = False) -> dict:
+              world_size: int = 1, resume_dir: Path | None = None, progress: bool = False,
+              evaluate: Evaluator | None = None) -> dict:
     """Train `setup` for the stage's steps; report metrics every `log_every` steps and checkpoints
     every `checkpoint_every` steps (0 = never). Returns the last metrics.
 
@@ -63,7 +65,11 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     `<stage>/tokens` is the running total of tokens trained on (non-pad tokens of this rank's
     micro-batches × workers, as tokens_per_s counts them), read with the window's count at log time
     and kept across a resume in the checkpoint's loop.json (a checkpoint step that is not a log step
-    reads the window's count once more)."""
+    reads the window's count once more).
+
+    `evaluate(step, total)` (curves.Curve, every rank) is asked before the first step (step 0) and
+    after every step; what it returns (nothing between evaluation points) is reported at that step.
+    It must leave the weights, the optimizer and every RNG the loop draws from as they were."""
     accum = cfg.accumulation(world_size)
     total = total_steps or cfg.total_steps(batcher.steps_per_epoch)
     start, tokens = 0, 0.0               # tokens: the running total up to the last log (host side)
@@ -81,6 +87,8 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc=stage, mininterval=2)
+    if evaluate is not None and start == 0:
+        _report_eval(evaluate(0, total), report)
     for step in range(start, total):
         step_loss = zero()
         for m in range(accum):
@@ -106,7 +114,12 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
             bar.update(1)
         log = done % cfg.log_every == 0 or done == total
         save = bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0 and done < total
-        if log or save:
+        point = {}
+        if evaluate is not None:
+            t_eval = time.perf_counter()
+            point = evaluate(done, total)
+            window["t"] += time.perf_counter() - t_eval      # tokens_per_s counts training time only
+        if log or save or point:
             metrics = {f"{stage}/step": done}
             if log:
                 dt = time.perf_counter() - window["t"]
@@ -119,6 +132,7 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
                                 **{f"{stage}/{k}": _host(v) for k, v in extra.items()}})
                 window = {"loss": zero(), "tokens": zero(), "t": time.perf_counter(), "micro": 0}
                 last = metrics
+            metrics = {**metrics, **point}
             ckpt = _checkpoint(setup, stage, done, tokens if log else tokens + window["tokens"].item() * world_size) \
                 if save else None
             try:
@@ -130,6 +144,11 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
         bar.close()
     model.eval()
     return last
+
+
+def _report_eval(point: dict, report: Reporter) -> None:
+    if point:
+        report(point, None)
 
 
 def _checkpoint(setup: Setup, stage: str, step: int, tokens: float = 0.0) -> Path:

@@ -46,13 +46,16 @@ def cache_dir(spec: Spec) -> Path:
 
 def worker_config(spec: Spec, arm: str, params: dict, seed: int) -> WorkerConfig:
     """What the trial's workers receive: arm `arm` of the spec at `params`, training seed `seed`."""
+    from .objectives import Objectives
     from .probes import ProbeSpec
 
     mcfg, tcfg = build_configs(spec, arm, params)
     return WorkerConfig(model=spec.model, method=spec.algorithm(arm), arm=arm, method_cfg=mcfg, train=tcfg, seed=seed,
                         data=Sources(task=spec.data.task, retrofit=spec.data.retrofit),
                         probes=tuple(ProbeSpec(**p) for p in probe_specs(spec)),
-                        probe_batch_size=spec.probe_batch_size, cache_dir=cache_dir(spec),
+                        probe_batch_size=spec.probe_batch_size, curves=spec.curves,
+                        objectives=Objectives.from_spec(spec).to_json() if spec.curves.on else "",
+                        cache_dir=cache_dir(spec),
                         threads=spec.threads_per_worker)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .curves import CurveConfig
 from .methods import METHODS
 from .probes import ProbeSpec
 from .stage import TrainConfig
@@ -40,6 +41,8 @@ class WorkerConfig:
     arm: str | None = None            # the spec's arm that runs `method` (None: the method's name)
     probes: tuple[ProbeSpec, ...] = ()   # after-training probes on rank 0 (none: training only)
     probe_batch_size: int = 16
+    curves: CurveConfig = CurveConfig()   # learning–forgetting curves (every 0: none)
+    objectives: str = ""              # objectives.Objectives JSON: the curves' gain and forgetting
     cache_dir: Path | None = None     # caches shared by the sweep's trials (tokens, retrofits, statistics)
     threads: int | None = None        # torch threads per worker (None: torch's default)
     device: str = "cpu"               # in-process runs only; under Ray Train the worker's own device
@@ -57,6 +60,8 @@ class WorkerConfig:
         if not isinstance(self.method_cfg, want):
             raise TypeError(f"WorkerConfig.method_cfg: expected {want.__name__} (method {self.method}), "
                             f"got {type(self.method_cfg).__name__}")
+        if self.curves.on and not (self.probes and self.objectives):
+            raise ValueError("WorkerConfig.curves: curves need the probes and the objectives (JSON)")
         if self.probe_batch_size < 1:
             raise ValueError(f"WorkerConfig.probe_batch_size: must be >= 1, got {self.probe_batch_size}")
 
@@ -78,6 +83,8 @@ class WorkerConfig:
             d["data"] = Sources(**d["data"])
         if isinstance(d.get("probes"), (list, tuple)):
             d["probes"] = tuple(p if isinstance(p, ProbeSpec) else ProbeSpec(**p) for p in d["probes"])
+        if isinstance(d.get("curves"), Mapping):
+            d["curves"] = CurveConfig(**d["curves"])
         if isinstance(d.get("cache_dir"), str):
             d["cache_dir"] = Path(d["cache_dir"])
         return cls(**d)

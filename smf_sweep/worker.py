@@ -107,13 +107,21 @@ def train_worker(config: WorkerConfig | Mapping[str, Any], reporter: Reporter | 
         final = json.loads((resume / FINAL).read_text())
         _report_final(reporter, final, rank)
         return final
+    curve = None
+    if cfg.curves.on:                      # the base model's subset values and general-text distributions first
+        from .curves import Curve
+        from .objectives import Objectives
+        curve = Curve(cfg.curves, probes, Objectives.from_json(cfg.objectives), tok, batch_size=pbs,
+                      precision=tcfg.precision, rank=rank)
+        curve.reference(model)
     try:
         # the method's stages before its last (metrics reported as <stage>/…), then the trial's own
         setup = run_stages(method.stages(model, cfg.method_cfg, ctx), reporter, device=device, rank=rank,
                            world_size=world).setup
         t_train = time.perf_counter()
         last = run_stage(setup, batcher, tcfg, reporter, stage="train", total_steps=total, device=device,
-                         rank=rank, world_size=world, resume_dir=resume, progress=cfg.progress)
+                         rank=rank, world_size=world, resume_dir=resume, progress=cfg.progress,
+                         evaluate=curve.evaluator(setup.current) if curve is not None else None)
     except NonFiniteLoss as e:
         final = {"diverged": 1, "failure_reason": str(e), "final": 1}
         _report_final(reporter, final, rank)

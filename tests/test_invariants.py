@@ -1,7 +1,8 @@
 """The invariants that make the GPU path checkable on a CPU (issue 12), for every method:
 
 - null trial: a trial whose optimizer cannot move the weights (lr 1e-30, 2 steps) shows no effect on
-  any probe, in fp32 and in the GPU's regime (bf16 autocast over fp32 weights runs on a CPU too);
+  any probe, in fp32 and in the GPU's regime (bf16 autocast over fp32 weights runs on a CPU too):
+  neither at its end nor at any point of its learning–forgetting curve (curves.py), KL drift included;
 - equal budget: every method sees the same examples and optimizer steps at the spec's effective
   batch, for any worker count (the two-worker runs through Ray Train are in test_ray_train.py);
 - the precision regime is real and recorded: bf16 probes differ from fp32 ones, and a delta across
@@ -28,8 +29,13 @@ def _probes(world) -> list[dict]:
     return [{"task": t, "variant": "study", "source": f"world:{world}", "limit": limits[t], "options": {}} for t in TASKS]
 
 
+CURVES = {"every": 1, "limit": 8, "kl_texts": 2, "kl_len": 16}
+
+
 def _config(world, tmp_path, method, mcfg, precision, **train):
+    from smf_sweep.objectives import Objectives
     return {"model": str(world / "model"), "method": method, "method_cfg": dict(mcfg), "seed": 0,
+            "curves": CURVES, "objectives": Objectives().to_json(),
             "train": {"lr": 1e-30, "max_steps": 2, "micro_batch_size": 4, "effective_batch": 8, "max_len": 96,
                       "warmup_steps": 1, "log_every": 1, "train_limit": 64, "precision": precision, **train},
             "data": {"task": f"world:{world}", "retrofit": f"world:{world}"}, "probes": _probes(world),
@@ -44,7 +50,8 @@ def base(tiny_world):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("method, mcfg", METHODS, ids=[m for m, _ in METHODS])
 def test_null_trial_shows_no_effect_on_any_probe(tiny_world, tmp_path, base, method, mcfg, precision):
-    final = train_worker(_config(tiny_world, tmp_path, method, mcfg, precision), reporter=lambda m, c: None)
+    reports = []
+    final = train_worker(_config(tiny_world, tmp_path, method, mcfg, precision), reporter=lambda m, c: reports.append(m))
     assert final.get("train/precision") == precision and "diverged" not in final, final
     assert final["train/optimizer_steps"] == 2
     b = base[precision]
@@ -52,6 +59,13 @@ def test_null_trial_shows_no_effect_on_any_probe(tiny_world, tmp_path, base, met
     for t in TASKS:
         d = delta(b[t], final[f"after/{t}"], b[f"{t}.hib"])
         assert abs(d) <= 1e-3, f"{method} {precision}: {t} moved by {d} ({b[t]} → {final[f'after/{t}']})"
+    points = [m for m in reports if "curve/kl_general" in m]
+    assert [m["curve/step"] for m in points] == [0, 1, 2]
+    for m in points:
+        assert abs(m["curve/kl_general"]) <= 1e-6, (method, precision, m)
+        for t in TASKS:
+            assert abs(m[f"curve/{t}/delta"]) <= 1e-3, (method, precision, t, m)
+        assert abs(m["curve/forgetting"]) <= 1e-3 and abs(m["curve/medmcqa_gain_pp"]) <= 1e-3, m
 
 
 def test_bf16_regime_is_real_and_recorded(base):

@@ -130,6 +130,6 @@ class Full:
                 fresh.load_state_dict(state, strict=False)
             return fresh.to(ctx.device)
 
-        return Setup(model=engine, stepper=DeepSpeedStepper(engine), export=export,
+        return Setup(model=engine, stepper=DeepSpeedStepper(engine), export=export, view=export,
                      trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
                      info={"zero_stage": cfg.zero_stage})

@@ -51,5 +51,5 @@ class Lora:
         opt = torch.optim.AdamW(params, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay)
         stepper = TorchStepper(params, opt, cosine_schedule(opt, ctx.train.warmup_steps, ctx.total_steps, ctx.train.lr_floor),
                                ctx.train.grad_clip, world_size=ctx.world_size)
-        return Setup(model=pm, stepper=stepper, export=lambda: pm.merge_and_unload(),
+        return Setup(model=pm, stepper=stepper, export=lambda: pm.merge_and_unload(), view=lambda: pm,
                      trainable=sum(p.numel() for p in params))

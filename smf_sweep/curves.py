@@ -1,0 +1,170 @@
+"""Learning–forgetting curves: cheap probes at evaluation points during a trial's training.
+
+Every `curves.every` optimizer steps (and before the first step, and after the last) the trial's
+model is probed on a fixed subset of each probe's data (the first `curves.limit` items) and its
+drift from the base model is measured on a fixed batch of general text:
+
+    kl_general = mean over positions of KL(base ‖ model) of the next-token distributions, in nats per
+                 token, on `kl_texts` windows of `kl_len` tokens cut from WikiText's validation split
+                 (the probe's own split is test: the drift batch never overlaps the probe's text).
+
+A cheap, low-noise drift signal that predicts forgetting (Shenfeld et al. 2025, "RL's Razor"). The
+subset values become the sweep's numbers through the same Objectives as the trial's end point,
+against the base model on the same subset, so every evaluation point is a candidate on a
+checkpoint-level front. Logged as MLflow step metrics `curve/<name>` (step = optimizer step;
+0 = after the method's own stages, before the first step):
+
+    curve/<task>                  the subset probe's value (accuracy, perplexity)
+    curve/<task>/delta            against the base model on the same subset (objectives.delta)
+    curve/medmcqa_gain_pp, curve/forgetting (not under nats), curve/<probe>_drop_pp | _nats
+    curve/kl_general, curve/seconds
+
+Evaluation is collective (ZeRO-3's consolidated view): every rank calls `Curve.__call__`, rank 0
+probes and returns the metrics, the others only the step (every rank then reports at that step).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .objectives import Objectives, delta
+from .precision import autocast
+from .probes import ProbeSpec, make_probe, run_probes
+
+PREFIX = "curve/"
+KL = "kl_general"
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    every: int = 0             # optimizer steps between evaluation points; 0 = no curves (end points only)
+    limit: int = 128           # items per probe in the fixed subset (questions, WikiText lines or pages)
+    kl_texts: int = 8          # windows of general text for the KL drift (0 = no KL)
+    kl_len: int = 128          # tokens per window
+
+    def __post_init__(self):
+        for name, ok in (("every", self.every >= 0), ("limit", self.limit >= 1), ("kl_texts", self.kl_texts >= 0),
+                         ("kl_len", self.kl_len >= 2)):
+            if not ok:
+                raise ValueError(f"curves.{name}: must be >= {0 if name in ('every', 'kl_texts') else 2 if name == 'kl_len' else 1}, "
+                                 f"got {getattr(self, name)}")
+
+    @property
+    def on(self) -> bool:
+        return self.every > 0
+
+    def due(self, step: int, total: int) -> bool:
+        """An evaluation point: step 0, every `every` steps, and the last step."""
+        return self.on and (step % self.every == 0 or step == total)
+
+
+def subset_specs(probes: Sequence[ProbeSpec], limit: int) -> list[ProbeSpec]:
+    """The trial's probes on their first `limit` items."""
+    return [replace(p, limit=limit) for p in probes]
+
+
+def general_windows(tokenizer, wikitext: ProbeSpec, n: int, length: int) -> torch.Tensor:
+    """(n, length) token ids: consecutive windows of WikiText's validation split, its lines (or
+    pages) joined as the probe joins them, from the probe spec's source and variant."""
+    probe = make_probe("wikitext", wikitext.variant, **{**dict(wikitext.options), "split": "validation"})
+    texts, ids, lim = [], [], 64
+    while len(ids) < n * length:
+        texts = probe.load(wikitext.source, lim)
+        ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        if len(texts) < lim:
+            break
+        lim *= 4
+    if len(ids) < n * length:
+        raise ValueError(f"curves: WikiText validation ({wikitext.source}) has {len(ids)} tokens; the KL batch needs "
+                         f"kl_texts × kl_len = {n} × {length}")
+    return torch.tensor(ids[: n * length]).view(n, length)
+
+
+@torch.no_grad()
+def log_probs(model: nn.Module, ids: torch.Tensor, precision: str) -> torch.Tensor:
+    """(n, length, V) float32 next-token log-probabilities on CPU, one window at a time."""
+    dev = next(model.parameters()).device
+    out = []
+    for row in ids:                                              # (length,)
+        with autocast(dev, precision):
+            logits = model(input_ids=row[None].to(dev)).logits   # (1, length, V)
+        out.append(torch.log_softmax(logits.float(), dim=-1)[0].cpu())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def kl_from(base_logp: torch.Tensor, model: nn.Module, ids: torch.Tensor, precision: str) -> float:
+    """Mean over the (n × length) positions of KL(base ‖ model) = Σ_v p0 (log p0 − log p), nats/token."""
+    dev = next(model.parameters()).device
+    total = 0.0
+    for row, lp0 in zip(ids, base_logp):                          # (length,), (length, V)
+        with autocast(dev, precision):
+            logits = model(input_ids=row[None].to(dev)).logits    # (1, length, V)
+        lp = torch.log_softmax(logits.float(), dim=-1)[0].cpu()   # (length, V)
+        total += (lp0.exp() * (lp0 - lp)).sum().item()
+    return total / ids.numel()
+
+
+class Curve:
+    """A trial's evaluation points. Built on the base model (`Curve.reference`) before the method's
+    stages change it; then called on the model as it trains (Setup.view)."""
+
+    def __init__(self, cfg: CurveConfig, probes: Sequence[ProbeSpec], objectives: Objectives, tokenizer, *,
+                 batch_size: int, precision: str, rank: int = 0):
+        self.cfg, self.obj, self.tok = cfg, objectives, tokenizer
+        self.specs = subset_specs(probes, cfg.limit)
+        self.batch_size, self.precision, self.rank = batch_size, precision, rank
+        self.base: dict[str, float] = {}
+        self.ids: torch.Tensor | None = None
+        self.base_logp: torch.Tensor | None = None
+
+    def reference(self, model: nn.Module) -> None:
+        """The base model's subset values and next-token distributions on the general batch (rank 0)."""
+        if self.rank != 0:
+            return
+        self.base = self._values(model)
+        wiki = next((p for p in self.specs if p.task == "wikitext"), None)
+        if self.cfg.kl_texts and wiki is not None:
+            self.ids = general_windows(self.tok, wiki, self.cfg.kl_texts, self.cfg.kl_len)   # (n, kl_len)
+            self.base_logp = log_probs(model, self.ids, self.precision)                    # (n, kl_len, V)
+
+    def _values(self, model: nn.Module) -> dict[str, float]:
+        dev = next(model.parameters()).device
+        with autocast(dev, self.precision):
+            res = run_probes(model, self.tok, self.specs, batch_size=self.batch_size)
+        return {k: r.value for k, r in res.items()}
+
+    def evaluator(self, view: Callable[[], nn.Module]) -> Callable[[int, int], dict]:
+        """For train_loop.run_stage: the point's metrics at an evaluation step, else {}."""
+        return lambda step, total: self(view, step) if self.cfg.due(step, total) else {}
+
+    def __call__(self, view: Callable[[], nn.Module], step: int) -> dict:
+        """The evaluation point at `step` (every rank calls it; rank 0 returns the metrics)."""
+        t0 = time.perf_counter()
+        model = view()                      # collective under ZeRO-3
+        if self.rank != 0:
+            return {f"{PREFIX}step": step}  # every rank reports at an evaluation point (Ray Train's report is collective)
+        was = model.training
+        model.eval()
+        try:
+            values = self._values(model)
+            kl = kl_from(self.base_logp, model, self.ids, self.precision) if self.ids is not None else None
+        finally:
+            model.train(was)
+        out = {f"{PREFIX}step": step}
+        deltas = {}
+        for task, v in values.items():
+            out[f"{PREFIX}{task}"] = v
+            deltas[task] = self.obj.delta(task, self.base[task], v)
+            out[f"{PREFIX}{delta(task)}"] = deltas[task]
+        if self.obj.task in deltas and all(t in deltas for t, _ in self.obj.weighted()):
+            out.update({f"{PREFIX}{k}": v for k, v in self.obj.scores(deltas).items()})
+        if kl is not None:
+            out[f"{PREFIX}{KL}"] = kl
+        out[f"{PREFIX}seconds"] = time.perf_counter() - t0
+        return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}

@@ -1,0 +1,94 @@
+"""Learning–forgetting curves (issue 15, item 2; smf_sweep/curves.py): evaluation points at the
+steps asked for, that never change what trains, a KL drift that is the KL, and a spec section that
+is checked and that leaves older sweeps' spec hash alone. The null trial's flat curve is in
+test_invariants.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from smf_sweep.curves import CurveConfig, kl_from, log_probs
+from smf_sweep.objectives import Objectives
+from smf_sweep.spec import SpecError, load_spec
+from smf_sweep.worker import train_worker
+
+TASKS = ("medmcqa", "triviaqa", "wikitext")
+CURVES = {"every": 2, "limit": 8, "kl_texts": 2, "kl_len": 16}
+
+
+def _config(world, tmp_path, curves: dict | None, **train):
+    limits = {"medmcqa": 24, "triviaqa": 12, "wikitext": 8}
+    probes = [{"task": t, "variant": "study", "source": f"world:{world}", "limit": limits[t], "options": {}} for t in TASKS]
+    return {"model": str(world / "model"), "method": "lora", "method_cfg": {}, "seed": 0,
+            "train": {"lr": 3e-3, "max_steps": 5, "micro_batch_size": 4, "effective_batch": 8, "max_len": 96,
+                      "warmup_steps": 1, "log_every": 1, "train_limit": 64, "precision": "fp32", **train},
+            "data": {"task": f"world:{world}", "retrofit": f"world:{world}"}, "probes": probes,
+            "probe_batch_size": 8, "cache_dir": str(tmp_path / "cache"),
+            **({"curves": curves, "objectives": Objectives().to_json()} if curves else {})}
+
+
+def test_due_steps():
+    c = CurveConfig(every=3)
+    assert [s for s in range(0, 11) if c.due(s, 10)] == [0, 3, 6, 9, 10]
+    assert not CurveConfig().on and not any(CurveConfig().due(s, 10) for s in range(11))
+
+
+def test_curves_never_change_what_trains_and_drift_grows(tiny_world, tmp_path):
+    """Same losses and after-probes with and without curves; points at 0, 2, 4 and the last step;
+    the base model's point is flat; training moves KL above zero."""
+    off = train_worker(_config(tiny_world, tmp_path / "off", None), reporter=lambda m, c: None)
+    seen = []
+    on = train_worker(_config(tiny_world, tmp_path / "on", CURVES), reporter=lambda m, c: seen.append(m))
+    for k in ["train/loss", *(f"after/{t}" for t in TASKS)]:
+        assert on[k] == off[k], (k, on[k], off[k])
+    points = [m for m in seen if "curve/kl_general" in m]
+    assert [m["curve/step"] for m in points] == [0, 2, 4, 5]
+    assert points[0]["curve/kl_general"] == pytest.approx(0.0, abs=1e-7)     # LoRA starts as the base model
+    assert points[-1]["curve/kl_general"] > 1e-4
+    obj = Objectives()
+    for m in points:
+        assert set(obj.names) <= {k.removeprefix("curve/") for k in m}
+        assert m["curve/medmcqa_gain_pp"] == m["curve/medmcqa/delta"]
+        assert m["curve/seconds"] > 0
+    assert not any(k.startswith("curve/") for k in on), "curve metrics stay out of the final record"
+
+
+def test_kl_drift_is_the_kl(tiny_world):
+    """kl_from against torch's own KL on the same windows: base ‖ a perturbed copy."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_world / "model")).eval()
+    other = AutoModelForCausalLM.from_pretrained(str(tiny_world / "model")).eval()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p, generator=None))
+    ids = torch.randint(3, base.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    lp0 = log_probs(base, ids, "fp32")                                   # (2, 12, V)
+    lp1 = log_probs(other, ids, "fp32")
+    want = torch.nn.functional.kl_div(lp1, lp0, log_target=True, reduction="sum").item() / ids.numel()
+    assert kl_from(lp0, other, ids, "fp32") == pytest.approx(want, rel=1e-5)
+    assert kl_from(lp0, base, ids, "fp32") == pytest.approx(0.0, abs=1e-7)
+
+
+SMOKE = "search_spaces/smoke.yaml"
+
+
+def test_spec_curves_section_is_checked_and_default_keeps_the_hash():
+    assert load_spec(SMOKE, ["curves.every=0"]).curves.every == 0
+    on = load_spec(SMOKE, ["curves.every=7", "curves.limit=32"])
+    assert on.curves.every == 7 and on.curves.limit == 32
+    default = load_spec(SMOKE, ["curves={}"])
+    assert "curves" not in default.to_dict()
+    with pytest.raises(SpecError, match="curves.every"):
+        load_spec(SMOKE, ["curves.every=-1"])
+    with pytest.raises(SpecError, match="unknown key"):
+        load_spec(SMOKE, ["curves.evry=5"])
+
+
+def test_worker_config_carries_curves_and_objectives():
+    from smf_sweep.trial import worker_config
+
+    spec = load_spec(SMOKE, ["curves.every=5"])
+    cfg = worker_config(spec, "lora", {"rank": 4, "alpha": 8, "lr": 1e-3}, seed=0)
+    assert cfg.curves.every == 5
+    assert Objectives.from_json(cfg.objectives).names == Objectives.from_spec(spec).names
