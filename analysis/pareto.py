@@ -6,7 +6,9 @@
     python -m analysis.pareto runs/smoke --cost --constraint 'cost/device_s<=600'
 
 Writes into --out: pareto.png, pareto.html, fronts.csv, table.md, selectors.png, memory.png,
-hypervolume.png. The objectives, forgetting's definition and the constraints are the sweep's (as it
+hypervolume.png, and, when the trials logged learning–forgetting curves (`curve/*` step metrics),
+curves.png, equal_gain.png, curve_fronts.csv, equal_gain.csv (table.md gains a curves section; without
+curves it says so in one line). The objectives, forgetting's definition and the constraints are the sweep's (as it
 recorded them); --cost adds compute as one more objective and --constraint adds constraints, for
 this analysis only (hypervolume.png stays the sweep's own).
 Exit status: 0 written, 1 nothing to analyse (no finished trials), 2 bad source / unreachable store.
@@ -22,13 +24,14 @@ from pathlib import Path
 from analysis.source import SourceError, resolve
 
 FILES = ["pareto.png", "pareto.html", "fronts.csv", "table.md", "selectors.png", "memory.png", "hypervolume.png"]
+CURVE_FILES = ["curves.png", "equal_gain.png", "curve_fronts.csv", "equal_gain.csv"]  # when trials logged curves
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m analysis.pareto", description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Files written: " + ", ".join(FILES))
+        epilog="Files written: " + ", ".join(FILES) + "; with curves: " + ", ".join(CURVE_FILES))
     p.add_argument("source", metavar="SOURCE",
                    help="a sweep directory (holds sweep.json and, by default, mlflow.db) or an "
                         "MLflow experiment name or id (with --tracking-uri)")
@@ -49,16 +52,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ignore-param", action="append", default=[], metavar="KEY",
                    help="a param to leave out when grouping trials into configs (seeds are always"
                         " left out); repeatable, e.g. a per-trial output path")
+    p.add_argument("--gains", default=None, metavar="G1,G2,...",
+                   help="gain levels (pp of MedMCQA) at which forgetting is compared across methods, e.g. "
+                        "'5,10,15' (default: the quartiles of the trials' highest curve gains, rounded)")
+    p.add_argument("--no-curves", action="store_true",
+                   help="skip the learning-forgetting curves (one metric-history request per trial and "
+                        "curve metric): no curves.png, equal_gain.png, nor their table.md section")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> list[Path]:
+    from analysis.equal_gain import parse_gains
     from smf_sweep.objectives import Constraint
 
     try:
         extra = [Constraint.parse_text(c) for c in args.constraint]
     except ValueError as e:
         raise SourceError(f"--constraint: {e}") from None
+    try:
+        gains = parse_gains(args.gains) if args.gains is not None else None
+    except ValueError as e:
+        raise SourceError(f"--gains: {e}") from None
     src = resolve(args.source, args.tracking_uri)  # cheap checks before the heavy imports
     if src.note:
         print(f"note: {src.note}")
@@ -100,14 +114,47 @@ def run(args: argparse.Namespace) -> list[Path]:
     plots.pareto_png(fin, methods, title, out / "pareto.png", args.budget, obj)
     interactive.pareto_html(fin, methods, title, out / "pareto.html", args.budget, obj)
     summary.fronts_table(fin, obj).to_csv(out / "fronts.csv", index=False)
-    (out / "table.md").write_text(report.markdown(sweep, fin, counts, args.budget))
+    table = report.markdown(sweep, fin, counts, args.budget)
+    paths = [out / f for f in FILES]
+    if args.no_curves:
+        from analysis.curve_report import TITLE
+        table += f"\n{TITLE}\n\nSkipped (--no-curves).\n"
+    else:
+        table, written = _curves(sweep, fin, obj, gains, out, table)
+        paths += written
+    for stale in {out / f for f in CURVE_FILES} - set(paths):  # an earlier run's, now misleading
+        stale.unlink(missing_ok=True)
+    (out / "table.md").write_text(table)
     plots.selectors_png(fin, sweep.experiment_name, out / "selectors.png", obj)
     plots.memory_png(fin, sweep.experiment_name, out / "memory.png", obj)
     plots.hypervolume_png(sweep.progress, recorded, sweep.experiment_name, out / "hypervolume.png",
                           sweep.progress_source)
-    paths = [out / f for f in FILES]
     print("wrote " + ", ".join(str(p) for p in paths))
     return paths
+
+
+def _curves(sweep, fin, obj, gains, out: Path, table: str) -> tuple[str, list[Path]]:
+    """The curves section appended to table.md, and the curve figures and CSVs when trials have curves."""
+    import pandas as pd
+
+    from analysis import curve_plots, curve_report, curves
+
+    a = curve_report.analyse(curves.load(sweep.tracking_uri, fin, obj), len(fin), obj, gains)
+    table += curve_report.markdown(a, obj)
+    if a.points.empty:
+        print("note: " + curve_report.none_note(len(fin)))
+        return table, []
+    curve_plots.curves_png(a, obj, sweep.experiment_name, out / "curves.png")
+    a.front.to_csv(out / "curve_fronts.csv", index=False)
+    pd.concat([c.best.assign(chosen_by=c.key) for c in a.comparisons], ignore_index=True).to_csv(
+        out / "equal_gain.csv", index=False)
+    written = [out / "curves.png", out / "curve_fronts.csv", out / "equal_gain.csv"]
+    if a.gains:
+        curve_plots.equal_gain_png(a, obj, sweep.experiment_name, out / "equal_gain.png")
+        written.append(out / "equal_gain.png")
+    else:
+        print("note: no trial's gain rose above 0 along its curve: no equal_gain.png")
+    return table, written
 
 
 class NothingToDo(Exception):
