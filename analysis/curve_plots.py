@@ -20,9 +20,15 @@ from analysis.curve_report import CurveAnalysis, label
 from analysis.plots import DPI, _empty, _save, front_line
 from analysis.style import method_color, selector_marker, selector_name, y_label
 from analysis.summary import CONTROLS, METHOD_ORDER, SELECTOR_ORDER, ordered
-from smf_sweep.objectives import GAIN, Objectives
+from smf_sweep.objectives import FORGETTING, GAIN, Objectives
 
 SIZES = {"curves": (16, 9), "equal_gain": (16, 4.5)}  # inches; px = x DPI
+
+
+def _ylabel(obj: Objectives, c: str) -> str:
+    """A y label short enough for a 4-inch panel: forgetting without its definition (the x axes and
+    table.md spell it out)."""
+    return (obj.short(c) if c == FORGETTING else label(obj, c)) + ("" if c == curves.KL else f"  {obj.arrow(c)}")
 
 
 def _figure(name: str) -> Figure:
@@ -84,7 +90,7 @@ def curves_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         k_step.set_ylabel(label(obj, curves.KL))
         k_step.set_title("KL drift from the base model on general text")
         k_forget.set_xlabel(label(obj, curves.KL))
-        k_forget.set_ylabel(y_label(obj, target))
+        k_forget.set_ylabel(_ylabel(obj, target))
         rho = a.drift.set_index("method")["spearman"].get("all methods" if len(methods) > 1 else methods[0], np.nan)
         k_forget.set_title(f"{obj.short(target)} against KL drift (every checkpoint; Spearman ρ {rho:.2f})")
         for ax in (k_step, k_forget):
@@ -124,7 +130,7 @@ def equal_gain_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
         ax.set_xticks(a.gains)
         ax.set_xlabel(label(obj, GAIN).replace("gain", "gain level g"))
-        ax.set_ylabel(label(obj, col) + ("" if col == curves.KL else f"  {obj.arrow(col)}"))
+        ax.set_ylabel(_ylabel(obj, col))
         ax.set_title(f"{obj.short(col) if col != curves.KL else 'KL drift'} at gain g", fontsize=10)
         ax.grid(alpha=0.25)
     if not any(ax.get_legend_handles_labels()[0] for ax in axes):

@@ -133,7 +133,8 @@ def markdown(a: CurveAnalysis, obj: Objectives) -> str:
               " interpolation in gain between the last point below g and the first at or above it; a trial that"
               " never reaches g counts nothing there). Per method (SMF per selector) and seed the trial with the"
               " lowest forgetting there is kept, with its per-probe values; then mean ± 95 % CI over seeds"
-              " (Student t, n − 1 dof; one seed: no interval). `step` after a trial = where it reached g.",
+              " (Student t, n − 1 dof; one seed: no interval). trial@step: each seed's chosen trial and the"
+              " (interpolated) step at which it reached g.",
               ""]
     if not a.gains:
         lines.append("No trial's gain rose above 0 along its curve: no gain level to compare at.")

@@ -4,9 +4,10 @@ Trials log `curve/<name>` step metrics on their run (step = the trial's train op
 = before its first step, after the method's own setup stages; the last = the end of training), on a
 fixed small subset of each probe's data, relative to the base model on the same subset:
 `curve/medmcqa_gain_pp` (pp), `curve/forgetting` (the sweep's definition; absent under nats),
-`curve/triviaqa/delta` (pp), `curve/wikitext/delta` (% of base), `curve/triviaqa_drop_pp`,
-`curve/wikitext_nats`, `curve/kl_general` (KL(base‖model), nats/token, on a fixed batch of general
-text) and the raw subset values `curve/medmcqa`, `curve/triviaqa`, `curve/wikitext`.
+`curve/<task>/delta` (pp; WikiText: % of base), `curve/triviaqa_drop_pp`, `curve/wikitext_nats`,
+`curve/kl_general` (KL(base‖model), nats/token, on a fixed batch of general text) and the raw subset
+values `curve/medmcqa`, `curve/triviaqa`, `curve/wikitext` (smf_sweep/curves.py logs them; any other
+`curve/` metric, e.g. `curve/seconds`, comes along as a column of its own).
 
 `load` turns them into one long frame, one row per (trial run, step); each metric's column is its
 name without `curve/`, so the curve columns carry the trials frame's metric names (gain, forgetting,
@@ -31,8 +32,8 @@ from smf_sweep.objectives import FORGETTING, GAIN, Objectives, delta, drop_pp, n
 
 PREFIX = "curve/"
 KL = "kl_general"  # KL(base‖model) in nats/token on a fixed batch of general text
-NAMES = [GAIN, FORGETTING, delta("triviaqa"), delta("wikitext"), drop_pp("triviaqa"), nats("wikitext"), KL,
-         "medmcqa", "triviaqa", "wikitext"]          # the contract's curves, without `curve/`
+NAMES = [GAIN, FORGETTING, delta("medmcqa"), delta("triviaqa"), delta("wikitext"), drop_pp("triviaqa"),
+         nats("wikitext"), KL, "medmcqa", "triviaqa", "wikitext"]   # the contract's curves, without `curve/`
 INFO = ["run_id", "trial_id", "method", "algorithm", "selector", "seed", "stage", "default_point",
         "config", "config_key"]                      # taken from the trials frame (analysis.runs)
 READERS = 8  # concurrent get_metric_history calls (one per run and key)

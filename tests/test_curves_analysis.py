@@ -52,7 +52,8 @@ def curve_metrics(points, ts: int) -> list:
         f = (a + b) / 2
         vals = {"medmcqa_gain_pp": gain, "forgetting": f, "triviaqa/delta": -a, "wikitext/delta": b,
                 "triviaqa_drop_pp": a, "wikitext_nats": math.log(1 + b / 100), "kl_general": f / 10,
-                "medmcqa": 0.25 + gain / 100, "triviaqa": 0.6 - a / 100, "wikitext": 20 * (1 + b / 100)}
+                "medmcqa": 0.25 + gain / 100, "triviaqa": 0.6 - a / 100, "wikitext": 20 * (1 + b / 100),
+                "medmcqa/delta": gain, "seconds": 1.0 + step}
         out += [Metric(f"curve/{k}", float(v), ts + step, step) for k, v in vals.items()]
     return out
 
@@ -178,10 +179,11 @@ def test_load_curves_from_mlflow(store):
     fin = finished(sweep.trials)
     pts = curves.load(sweep.tracking_uri, fin)
     assert set(pts["trial_id"]) == set(CURVES) and len(pts) == sum(map(len, CURVES.values()))
-    assert list(pts.columns[:11]) == curves.INFO + ["step"]
+    assert list(pts.columns[:11]) == curves.INFO + ["step"] and list(pts.columns).index("seconds") == 11 + len(curves.NAMES)
     s1 = pts[pts["trial_id"] == "s1"].set_index("step")
     assert s1.loc[20, "forgetting"] == 3.0 and s1.loc[20, "triviaqa/delta"] == -2.0    # the retried report lost
     assert s1.loc[10, "wikitext"] == pytest.approx(20.2) and s1.loc[10, "kl_general"] == pytest.approx(0.1)
+    assert s1.loc[10, "medmcqa/delta"] == 3.0 and s1.loc[10, "seconds"] == 11.0   # any other curve/ metric too
     row = fin.set_index("trial_id").loc["s1"]                           # the trials frame's own derivations
     assert (s1["config_key"] == row["config_key"]).all() and (s1["params.smf.n_keys"] == 64).all()
     assert (s1["selector"] == "kl").all() and (s1["seed"] == 0).all()
