@@ -91,7 +91,7 @@ def curves_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         k_step.set_title("KL drift from the base model on general text")
         k_forget.set_xlabel(label(obj, curves.KL))
         k_forget.set_ylabel(_ylabel(obj, target))
-        rho = a.drift.set_index("method")["spearman"].get("all methods" if len(methods) > 1 else methods[0], np.nan)
+        rho = a.drift.set_index("method")["spearman"].get(methods[0] if len(methods) == 1 else "all methods", np.nan)
         k_forget.set_title(f"{obj.short(target)} against KL drift (every checkpoint; Spearman ρ {rho:.2f})")
         for ax in (k_step, k_forget):
             ax.grid(alpha=0.25)

@@ -126,8 +126,11 @@ def markdown(a: CurveAnalysis, obj: Objectives) -> str:
                      + f"; best {obj.short(next(iter(a.ranked_on)))} first.")
         lines.append("")
         cols = list(dict.fromkeys([*a.ranked_on, curves.KL]))
-        lines += _md_table(["front", "trial (MLflow run)", "selector", "seed", "config", "step"]
-                           + [label(obj, c) for c in cols], _front_rows(a, cols))
+        if a.front.empty:
+            lines.append("No checkpoint meets the constraints.")
+        else:
+            lines += _md_table(["front", "trial (MLflow run)", "selector", "seed", "config", "step"]
+                               + [label(obj, c) for c in cols], _front_rows(a, cols))
     lines += ["", "### Forgetting at equal gain", "",
               "At each gain level g each trial's curve is read where its gain first reaches g (linear"
               " interpolation in gain between the last point below g and the first at or above it; a trial that"

@@ -28,7 +28,7 @@ from analysis.fronts import nondominated, order_best_first
 from analysis.runs import feasible
 from analysis.source import SourceError
 from analysis.summary import METHOD_ORDER, ordered
-from smf_sweep.objectives import FORGETTING, GAIN, Objectives, delta, drop_pp, nats
+from smf_sweep.objectives import COSTS, FORGETTING, GAIN, Objectives, delta, drop_pp, nats
 
 PREFIX = "curve/"
 KL = "kl_general"  # KL(base‖model) in nats/token on a fixed batch of general text
@@ -60,8 +60,9 @@ def history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
 def load(tracking_uri: str, trials: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
     """The long frame of curve points of `trials` (a trials frame, analysis.runs; usually the
     finished ones): INFO, `step`, NAMES (NaN where not logged), any other `curve/` metric without
-    its prefix, the trials' `params.*`; and, for the constraints whose metric has no curve, the
-    trial's final value (so runs.feasible judges a checkpoint by its own values where it has them).
+    its prefix, the trials' `params.*`; and, for each constraint on a cost (`cost/*`, which has no
+    curve: a checkpoint costs no more than its trial), the trial's final value, so that runs.feasible
+    judges a checkpoint by its own values and its trial's cost.
     Rows: trials in the frame's order, steps ascending. Empty (same columns) when no trial has curves.
     """
     obj = obj or Objectives()
@@ -79,7 +80,7 @@ def load(tracking_uri: str, trials: pd.DataFrame, obj: Objectives | None = None)
     extra = sorted({k for d in per_run.values() for k in d} - set(NAMES))
     names = NAMES + extra
     params = [c for c in trials.columns if c.startswith("params.")]
-    final = [c.metric for c in obj.constraints if c.metric not in names and c.metric in trials]
+    final = list(dict.fromkeys(c.metric for c in obj.constraints if c.metric in COSTS and c.metric in trials))
     info = trials.set_index("run_id")
     parts = []
     for rid, d in per_run.items():
@@ -99,8 +100,8 @@ def load(tracking_uri: str, trials: pd.DataFrame, obj: Objectives | None = None)
 
 def senses(points: pd.DataFrame, obj: Objectives) -> tuple[dict[str, str], list[str]]:
     """The objectives a checkpoint can be ranked on (those with a curve holding values), in their
-    directions; and the objectives left out (no curve: e.g. cost/device_s under --cost)."""
-    has = {c for c in points.columns if c not in INFO and points[c].notna().any()}
+    directions; and the objectives left out (no curve: cost/device_s under --cost)."""
+    has = {c for c in points.columns if c not in INFO and c not in COSTS and points[c].notna().any()}
     keep = {n: m for n, m in obj.senses.items() if n in has}
     return keep, [n for n in obj.senses if n not in keep]
 

@@ -30,7 +30,7 @@ from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric  # noqa: E402
 
 from analysis import curve_report, curves, equal_gain as eg  # noqa: E402
-from smf_sweep.objectives import Objectives  # noqa: E402
+from smf_sweep.objectives import COST_S, Constraint, Objectives  # noqa: E402
 from tests.test_analysis_cli import TRIALS, cli, write_sweep  # noqa: E402
 
 CURVES = {
@@ -187,6 +187,13 @@ def test_load_curves_from_mlflow(store):
     row = fin.set_index("trial_id").loc["s1"]                           # the trials frame's own derivations
     assert (s1["config_key"] == row["config_key"]).all() and (s1["params.smf.n_keys"] == 64).all()
     assert (s1["selector"] == "kl").all() and (s1["seed"] == 0).all()
+    # constraints judge each checkpoint on its own curve values; a cost objective has no curve
+    obj = Objectives().with_constraints([Constraint.parse_text("triviaqa/delta>=-1.5")])
+    f = curves.fronts(pts, obj)
+    assert list(zip(f["front"], f["trial_id"], f["step"])) == [("smf", "s1", 10), ("smf", "s6", 20), ("lora", "l2", 10),
+                                                             ("lora", "l1", 5), ("lora", "l3", 0)]
+    assert curves.senses(pts, Objectives().with_objective(COST_S, "min")) == (
+        {"medmcqa_gain_pp": "max", "forgetting": "min"}, [COST_S])
     flat = load(resolve("smf_sweep/flat", store["uri"]))
     assert curves.load(flat.tracking_uri, finished(flat.trials)).empty
 
