@@ -1,0 +1,187 @@
+"""Calibrate the instrument: does the embedded world measure what the study asks (issue 15)?
+
+    python -m smf_sweep.calibrate search_spaces/smoke.yaml            # run the controls, print them
+    python -m smf_sweep.calibrate search_spaces/smoke.yaml --write    # … and record them in world.json
+
+Controls, each about the instrument and never about a method's result (the world is not tuned
+toward any method). Every training run is full finetuning at the spec's training settings (its
+`full` arm, the smoke budget) through the real trial path (worker.train_worker) or, for the general
+corpus, the same method and loop on that corpus; probes are the spec's, on every question:
+
+- converged base: continuing to train on the general corpus itself (the world's WikiText train
+  articles and its trivia in their pretraining wording) changes WikiText perplexity by ≤ 3 % and
+  TriviaQA by ≤ 2 pp, at each rate of the spec's full-FT range;
+- no spill-over: training on the medical task lowers WikiText perplexity by ≤ 3 % at each rate;
+- gradual forgetting: over lr 1e-5 … 1e-3 forgetting grows with the rate on both probes (a drop of
+  more than the tolerance between consecutive rates is a violation: 2 pp TriviaQA, 3 % perplexity),
+  and the task gain reaches ≥ 20 pp at some rate;
+- resolution: a 5 pp difference is ≥ 2 standard errors of the difference of two accuracies,
+  2·sqrt(2·0.25/n) ≤ 0.05, i.e. n ≥ 800 medical validation questions; base MedMCQA ≤ 0.40;
+- build: the world builds in ≤ 15 minutes (world.json's build_seconds, on 2 cores).
+
+`--write` stores {control: {passed, numbers…}} under "calibration" in world.json (outside the
+world's content hash), with the command, seeds and rates that produced it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+MEDICAL_LRS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+TOL = {"triviaqa": 2.0, "wikitext": 3.0}          # pp, % of perplexity
+
+
+def resolution(n: int, base_acc: float) -> dict:
+    se2 = 2 * math.sqrt(2 * 0.25 / n) if n else math.inf
+    return {"passed": bool(se2 <= 0.05 and base_acc <= 0.40), "n_validation": n, "two_se_of_difference_pp": 100 * se2,
+            "base_medmcqa": base_acc}
+
+
+def gradual(rows: list[dict]) -> dict:
+    """rows: [{lr, medmcqa/delta, triviaqa/delta, wikitext/delta}] at increasing lr."""
+    rows = sorted(rows, key=lambda r: r["lr"])
+    bad = []
+    for a, b in zip(rows, rows[1:]):
+        if b["triviaqa/delta"] > a["triviaqa/delta"] + TOL["triviaqa"]:      # TriviaQA recovered: less forgetting
+            bad.append(f"TriviaQA at lr {b['lr']:g} ({b['triviaqa/delta']:+.1f} pp) above lr {a['lr']:g}")
+        if b["wikitext/delta"] < a["wikitext/delta"] - TOL["wikitext"]:
+            bad.append(f"WikiText at lr {b['lr']:g} ({b['wikitext/delta']:+.1f} %) below lr {a['lr']:g}")
+    best = max(r["medmcqa/delta"] for r in rows)
+    return {"passed": not bad and best >= 20.0, "max_gain_pp": best, "violations": bad, "runs": rows}
+
+
+def spill_over(rows: list[dict], lrs: tuple[float, float]) -> dict:
+    inside = [r for r in rows if lrs[0] * 0.999 <= r["lr"] <= lrs[1] * 1.001]
+    worst = min(r["wikitext/delta"] for r in inside)
+    return {"passed": worst >= -3.0, "lowest_wikitext_delta_pct": worst, "lrs": [r["lr"] for r in inside]}
+
+
+def converged(rows: list[dict]) -> dict:
+    ppl = max(abs(r["wikitext/delta"]) for r in rows)
+    tqa = max(abs(r["triviaqa/delta"]) for r in rows)
+    return {"passed": ppl <= 3.0 and tqa <= 2.0, "max_abs_wikitext_delta_pct": ppl, "max_abs_triviaqa_delta_pp": tqa,
+            "runs": rows}
+
+
+def _deltas(base: dict, after: dict) -> dict:
+    from .trial import delta
+    return {f"{t}/delta": delta(base[t], after[t], base[f"{t}.hib"]) for t in ("medmcqa", "triviaqa", "wikitext")}
+
+
+def general_texts(world: Path) -> list[str]:
+    """The general corpus as pretraining saw it: WikiText train articles and the trivia lines."""
+    from .data import load_wikitext
+    from .world.build import _documents
+    from .world.render import trivia_text
+
+    lines = [r["text"].rstrip("\n") for r in load_wikitext(f"world:{world}", "train")]
+    trivia = [json.loads(x) for x in (world / "data" / "trivia_qa" / "validation.jsonl").read_text().splitlines()]
+    return _documents(lines) + [trivia_text(r) for r in trivia]
+
+
+def continue_on_general(cfg, texts: list[str], probes: list[dict], batch: int) -> dict:
+    """Full FT of the base model on `texts` at the trial's TrainConfig and method config (the one loop)."""
+    import torch
+    from transformers import set_seed
+
+    from .batching import Batcher, text_examples
+    from .methods import METHODS, SetupContext
+    from .methods.base import prepared
+    from .models import load_model, load_tokenizer
+    from .train_loop import run_stage
+    from .worker import probe_results
+
+    set_seed(cfg.seed)
+    t = cfg.train
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, dtype="float32", device=torch.device("cpu"))
+    b = Batcher(text_examples(texts), tok, micro_batch_size=t.micro_batch_size, max_len=t.max_len,
+                effective_batch=t.effective_batch, order=t.batch_order, seed=cfg.seed)
+    total = t.total_steps(b.steps_per_epoch)
+    ctx = SetupContext(tokenizer=tok, train=t, total_steps=total, device=torch.device("cpu"), seed=cfg.seed,
+                       data=asdict(cfg.data))
+    setup = prepared(METHODS[cfg.method], model, cfg.method_cfg, ctx)
+    run_stage(setup, b, t, lambda m, c: None, total_steps=total)
+    out = probe_results(setup.export(), tok, list(cfg.probes), batch, t.precision)
+    setup.hooks.close()
+    return {k: v for k, v in out.items() if "." not in k} | {"steps": total}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smf_sweep.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("spec", nargs="?", default="search_spaces/smoke.yaml", help="a spec on the embedded world")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override (e.g. world.steps=900)")
+    ap.add_argument("--arm", default="full", help="the spec's full-finetuning arm (default: full)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lrs", default=",".join(f"{x:g}" for x in MEDICAL_LRS), help="medical-task rates, comma-separated")
+    ap.add_argument("--write", action="store_true", help="record the controls in the world's world.json")
+    args = ap.parse_args(argv)
+
+    from .objectives import Objectives  # noqa: F401  (probe directions are the base record's)
+    from .spec import load_spec, resolve_world
+    from .trial import _compute_base, probe_specs, worker_config
+    from .worker import train_worker
+
+    spec = resolve_world(load_spec(args.spec, args.set), progress=True)
+    world = Path(spec.model).parent
+    full = spec.methods[args.arm]
+    lo, hi = full.search["lr"].low, full.search["lr"].high
+    lrs = sorted({float(x) for x in args.lrs.split(",")} | {lo, hi})
+    specs = probe_specs(spec)
+    precision = spec.train.get("precision", "fp32")
+    t0 = time.perf_counter()
+    base = _compute_base(spec.model, specs, spec.probe_batch_size, False, precision)
+    print(f"base: MedMCQA {base['medmcqa']:.4f}  TriviaQA {base['triviaqa']:.4f}  WikiText {base['wikitext']:.2f}", flush=True)
+    params = dict(full.points[0]) if full.points else {}
+
+    medical = []
+    for lr in lrs:
+        cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
+        final = train_worker(replace(cfg, cache_dir=None))
+        after = {t: final[f"after/{t}"] for t in ("medmcqa", "triviaqa", "wikitext")}
+        row = {"lr": lr, **_deltas(base, after)}
+        medical.append(row)
+        print(f"medical lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
+
+    texts = general_texts(world)
+    general = []
+    for lr in (lo, math.sqrt(lo * hi), hi):
+        cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
+        after = continue_on_general(cfg, texts, specs, spec.probe_batch_size)
+        row = {"lr": lr, "steps": after.pop("steps"), **_deltas(base, after)}
+        general.append(row)
+        print(f"general lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
+
+    info = json.loads((world / "world.json").read_text())
+    n_val = sum(1 for _ in (world / "data" / "medmcqa" / "validation.jsonl").open())
+    cal = {
+        "converged_base": converged(general),
+        "no_spill_over": spill_over(medical, (lo, hi)),
+        "gradual_forgetting": gradual(medical),
+        "resolution": resolution(n_val, base["medmcqa"]),
+        "build": {"passed": info["build_seconds"] <= 900, "build_seconds": info["build_seconds"]},
+        "how": {"command": "python -m smf_sweep.calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
+                "spec": args.spec, "overrides": args.set, "arm": args.arm, "seed": args.seed, "medical_lrs": lrs,
+                "base": {t: base[t] for t in ("medmcqa", "triviaqa", "wikitext")},
+                "seconds": round(time.perf_counter() - t0, 1)},
+    }
+    for name, c in cal.items():
+        if name != "how":
+            print(f"{'PASS' if c['passed'] else 'FAIL'}  {name}: " +
+                  ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
+                            if k not in ("passed", "runs")))
+    if args.write:
+        info["calibration"] = cal
+        (world / "world.json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"recorded in {world / 'world.json'}")
+    return 0 if all(c["passed"] for k, c in cal.items() if k != "how") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
