@@ -6,6 +6,10 @@ study   (QWEN eval_tasks.eval_medmcqa, score_mode answer_norm): validation, choi
 harness (lm_eval/tasks/medmcqa): whole validation split (no choice_type filter); prompt
         "Question: …\\nChoices:\\nA. …\\nAnswer:"; SUM log-likelihood of " A".." D"; acc (and
         acc_norm, which divides by the choice's length in characters: 1 for every letter).
+
+Both score a question's four options with the question's prefix run once and its KV cache reused
+(`share_prefix`, default; `scoring.grouped_logprobs`): the same log-likelihoods as one full pass per
+option (`share_prefix=False`, the original path) to float tolerance, so the versions did not change.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from ..data import load_medmcqa
 from ..data.formats import (HARNESS_MEDMCQA_TARGETS, medmcqa_answer_index, medmcqa_harness_prompt,
                             medmcqa_prompt, medmcqa_target)
 from .base import PROBES, ProbeResult, eval_mode, pad_id, resolve_limit
-from .scoring import continuation_logprobs, encode_pair, max_positions
+from .scoring import encode_pair, grouped_logprobs, max_positions
 
 
 def first_argmax(scores: Sequence[float]) -> int:
@@ -48,6 +52,7 @@ class MedMCQAStudy:
     default_limit: ClassVar[int | None] = 1000
     split: str = "validation"      # the test split has no labels
     single_only: bool = True       # the study keeps choice_type == "single"
+    share_prefix: bool = True      # run the prompt once per question (False: once per option; same numbers)
 
     def load(self, source: str = "hub", limit: int | None = None) -> list[dict[str, Any]]:
         lim = resolve_limit(limit, self.default_limit)
@@ -56,11 +61,12 @@ class MedMCQAStudy:
     def run(self, model, tokenizer, data: Sequence[dict], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
         t0 = time.perf_counter()
-        pairs = [encode_pair(tokenizer, medmcqa_prompt(r), medmcqa_target(r, i), add_special_tokens=False)
-                 for r in data for i in range(4)]
+        groups = [[encode_pair(tokenizer, medmcqa_prompt(r), medmcqa_target(r, i), add_special_tokens=False)
+                   for i in range(4)] for r in data]
         with eval_mode(model):
-            lps = continuation_logprobs(model, pairs, pad_id=pad_id(tokenizer), batch_size=batch_size,
-                                        max_length=max_positions(model), progress=progress, desc="MedMCQA (study)")
+            lps = grouped_logprobs(model, groups, pad_id=pad_id(tokenizer), share_prefix=self.share_prefix,
+                                   batch_size=batch_size, max_length=max_positions(model), progress=progress,
+                                   desc="MedMCQA (study)")
         means = [float(lp.sum() / len(lp)) for lp in lps]  # float64: equal tokens give exactly equal means
         acc, items = _accuracy(data, [means[4 * q:4 * q + 4] for q in range(len(data))])
         return ProbeResult(self.task, self.variant, self.metric, acc, self.higher_is_better, len(data),
@@ -79,6 +85,7 @@ class MedMCQAHarness:
     hub_id: ClassVar[str] = "openlifescienceai/medmcqa"
     default_limit: ClassVar[int | None] = None   # the harness scores the whole validation split
     split: str = "validation"
+    share_prefix: bool = True      # run the prompt once per question (False: once per option; same numbers)
 
     def load(self, source: str = "hub", limit: int | None = None) -> list[dict[str, Any]]:
         lim = resolve_limit(limit, self.default_limit)
@@ -87,12 +94,12 @@ class MedMCQAHarness:
     def run(self, model, tokenizer, data: Sequence[dict], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
         t0 = time.perf_counter()
-        pairs = [encode_pair(tokenizer, medmcqa_harness_prompt(r), t, add_special_tokens=True)
-                 for r in data for t in HARNESS_MEDMCQA_TARGETS]
+        groups = [[encode_pair(tokenizer, medmcqa_harness_prompt(r), t, add_special_tokens=True)
+                   for t in HARNESS_MEDMCQA_TARGETS] for r in data]
         with eval_mode(model):
-            lps = continuation_logprobs(model, pairs, pad_id=pad_id(tokenizer), batch_size=batch_size,
-                                        max_length=max_positions(model), progress=progress,
-                                        desc="MedMCQA (harness)")
+            lps = grouped_logprobs(model, groups, pad_id=pad_id(tokenizer), share_prefix=self.share_prefix,
+                                   batch_size=batch_size, max_length=max_positions(model), progress=progress,
+                                   desc="MedMCQA (harness)")
         sums = [float(lp.sum()) for lp in lps]
         per_q = [sums[4 * q:4 * q + 4] for q in range(len(data))]
         acc, items = _accuracy(data, per_q)

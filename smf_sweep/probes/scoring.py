@@ -6,6 +6,9 @@ scores exactly as it would alone (tests compare against batch size 1 and against
 generate). Only the logits of the positions that are scored are computed (`logits_to_keep`): with a
 150k vocabulary the full logits of a batch would not fit in memory.
 
+`grouped_logprobs` scores groups of pairs that share their context (a question's options) with the
+context run once and its KV cache reused by each continuation; the same numbers to float tolerance.
+
 `hf_generate` is transformers' own `generate` under an explicit GenerationConfig (so the model's
 generation_config, e.g. its repetition penalty, applies), one prompt per call by default.
 """
@@ -101,6 +104,126 @@ def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
                 out[i] = lp.gather(-1, tgt)[:, 0].double().cpu().numpy()
             bar.update(len(idx))
     return out  # type: ignore[return-value]
+
+
+# ---- a shared context per group: its KV cache run once, reused by every continuation -----------------
+def shareable(group: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int | None) -> bool:
+    """Whether a group's pairs can share one context pass and score exactly as `continuation_logprobs`.
+
+    Yes when every pair has the SAME context ids (of at least 2 tokens) and a non-empty continuation,
+    and no pair is left-truncated by `max_length`. `encode_pair` splits `context + continuation`,
+    tokenised whole, where the context's own encoding ends; a tokenizer that merges across that
+    boundary can give different context ids per option. Such a group (and any truncated one) is
+    scored unshared: its tokens are never changed to make it shareable."""
+    ctx = list(group[0][0]) if group else []
+    if len(ctx) < 2 or any(list(c) != ctx or not x for c, x in group):
+        return False
+    return max_length is None or all(len(ctx) + len(x) - 1 <= max_length for _, x in group)
+
+
+@torch.inference_mode()
+def grouped_logprobs(model, groups: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]], *, pad_id: int,
+                     share_prefix: bool = True, batch_size: int = 8, max_length: int | None = None,
+                     progress: bool = False, desc: str = "scoring") -> list[np.ndarray]:
+    """`continuation_logprobs` of every pair of every group, flattened in order (group 0's pairs, …),
+    the groups' shared context run once per group when `share_prefix` (a question's four options).
+
+    Shared path, per batch of whole groups whose distinct continuation rows total <= batch_size:
+    1. prefix pass: each group's context but its last token, LEFT-padded (`_left_pad`: positions
+       0.. from each row's first real token) over the groups, `use_cache=True`;
+    2. the cache is indexed to one row per distinct continuation row (`batch_select_indices`), a
+       row = the context's last token + the continuation but its last, RIGHT-padded; its position
+       ids continue the group's own count (n_prefix + 0..K-1) and its attention mask is the
+       group's prefix mask followed by the row's own. Every real token thus sees exactly the tokens
+       and positions it sees in the unshared pass, so the log-probabilities agree to float
+       reduction order. Identical rows in a group (the harness's one-token " A".." D" continuations
+       all feed the context's last token) run once, as lm-evaluation-harness reuses the logits of
+       one-token continuations of the same context.
+    Groups that are not `shareable`, and every group when the model returns no cache with
+    `batch_select_indices` (a model without transformers' Cache), are scored unshared."""
+    flat = [p for g in groups for p in g]
+    if not share_prefix:
+        return continuation_logprobs(model, flat, pad_id=pad_id, batch_size=batch_size, max_length=max_length,
+                                     progress=progress, desc=desc)
+    starts = np.cumsum([0] + [len(g) for g in groups]).tolist()
+    shared = [g for g in range(len(groups)) if shareable(groups[g], max_length)]
+    alone = sorted(set(range(len(groups))) - set(shared))
+    out: list[np.ndarray | None] = [None] * len(flat)
+    device = model_device(model)
+    order = sorted(shared, key=lambda g: -len(groups[g][0][0]))  # similar context lengths together: less padding
+    batches, cur, rows = [], [], 0
+    for g in order:
+        n = len({(*c[-1:], *x[:-1]) for c, x in groups[g]})
+        if cur and rows + n > batch_size:
+            batches.append(cur)
+            cur, rows = [], 0
+        cur.append(g)
+        rows += n
+    batches += [cur] if cur else []
+    with tqdm(total=len(flat), desc=desc, disable=not progress, leave=False) as bar:
+        for k, batch in enumerate(batches):
+            lps = _shared_batch(model, [groups[g] for g in batch], pad_id, device)
+            if lps is None:  # no reusable cache from this model: everything left goes unshared
+                alone = sorted(alone + [g for b in batches[k:] for g in b])
+                break
+            i = 0
+            for g in batch:
+                for j in range(starts[g], starts[g + 1]):
+                    out[j], i = lps[i], i + 1
+            bar.update(i)
+        if alone:
+            idx = [j for g in alone for j in range(starts[g], starts[g + 1])]
+            lps = continuation_logprobs(model, [flat[j] for j in idx], pad_id=pad_id, batch_size=batch_size,
+                                        max_length=max_length)
+            for j, lp in zip(idx, lps):
+                out[j] = lp
+            bar.update(len(idx))
+    return out  # type: ignore[return-value]
+
+
+def _shared_batch(model, groups, pad_id: int, device) -> list[np.ndarray] | None:
+    """Log-probs of every pair of `groups` (each `shareable`), in order; None if the model gives no Cache."""
+    prefixes = [list(g[0][0][:-1]) for g in groups]
+    ids, mask, pos = _left_pad(prefixes, pad_id, device)  # (G, P) each
+    _, cache = _forward(model, ids, mask, pos, keep=1, use_cache=True)
+    if cache is None or not hasattr(cache, "batch_select_indices"):
+        return None
+    rows: list[list[int]] = []   # distinct (context's last token + continuation[:-1]) per group
+    owner: list[int] = []        # the group of each row
+    which: list[int] = []        # the row of each pair
+    for gi, g in enumerate(groups):
+        seen: dict[tuple[int, ...], int] = {}
+        for ctx, cont in g:
+            r = (ctx[-1], *cont[:-1])
+            if r not in seen:
+                seen[r] = len(rows)
+                rows.append(list(r))
+                owner.append(gi)
+            which.append(seen[r])
+    R, K = len(rows), max(len(r) for r in rows)
+    ids2 = torch.full((R, K), pad_id, dtype=torch.long)
+    mask2 = torch.zeros((R, K), dtype=torch.long)
+    for r, row in enumerate(rows):  # right-padded: the real tokens follow the prefix directly
+        ids2[r, :len(row)] = torch.tensor(row, dtype=torch.long)
+        mask2[r, :len(row)] = 1
+    n_pre = torch.tensor([len(prefixes[g]) for g in owner], dtype=torch.long)  # (R,)
+    pos2 = n_pre[:, None] + torch.arange(K)[None, :]  # (R, K): each group's count goes on
+    sel = torch.tensor(owner, dtype=torch.long).to(device)  # (R,)
+    cache.batch_select_indices(sel)  # (G, H, P, D) -> (R, H, P, D) per layer
+    mask_all = torch.cat([mask.index_select(0, sel), mask2.to(device)], dim=1)  # (R, P + K)
+    logits, _ = _forward(model, ids2.to(device), mask_all, pos2.to(device), keep=K, use_cache=True,
+                         cache=cache)  # (R, K, V)
+    # every pair's targets, padded to K: log p(t) = logit[t] - logsumexp(logits), one device->host copy
+    N = len(which)
+    tgt = torch.zeros((N, K), dtype=torch.long)
+    lens = [len(cont) for g in groups for _, cont in g]
+    for n, cont in enumerate(cont for g in groups for _, cont in g):
+        tgt[n, :len(cont)] = torch.tensor(cont, dtype=torch.long)
+    lse = torch.stack([torch.logsumexp(logits[r].float(), dim=-1) for r in range(R)])  # (R, K), a row at a time
+    row = torch.tensor(which, dtype=torch.long).to(device)  # (N,)
+    picked = logits[row[:, None], torch.arange(K, device=device)[None, :], tgt.to(device)].float()  # (N, K)
+    lp = (picked - lse.index_select(0, row)).double().cpu().numpy()  # (N, K)
+    return [lp[n, :c] for n, c in enumerate(lens)]
 
 
 @torch.inference_mode()
