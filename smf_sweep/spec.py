@@ -133,6 +133,27 @@ class Hypervolume:
 
 
 @dataclass
+class EarlyStopping:
+    """Multi-objective early stopping (scheduler.MOASHA): at rungs of grace·η^k optimizer steps a
+    trial continues while it ranks in the top 1/η of the trials the rung has seen (non-dominated
+    sorting of the curve's objectives, ties in a front by crowding distance); the rest stop. Needs
+    the learning–forgetting curves (curves.every > 0) and grace >= curves.every."""
+    grace: int = 8                     # the first rung, in optimizer steps (no trial stops before it)
+    eta: float = 3.0                   # rungs grow ×η; a rung keeps its best max(1, ⌊n/η⌋) of n (n < η: all)
+    tie_break: Literal["crowding"] = "crowding"   # inside the cut-off front: larger crowding distance first
+    optuna: Literal["pruned", "complete", "fail"] = "pruned"   # what Optuna is told of a stopped trial:
+                                       # pruned (TPE ranks it below every complete trial; on no front),
+                                       # complete (its values at the rung: TPE and best_trials see them), fail (ignored)
+
+    def __post_init__(self):
+        check_choices(self, "search.early_stopping.")
+        if isinstance(self.grace, bool) or not isinstance(self.grace, int) or self.grace < 1:
+            raise ValueError(f"grace: an integer >= 1 (optimizer steps), got {self.grace!r}")
+        if not (self.eta > 1 and math.isfinite(self.eta)):
+            raise ValueError(f"eta: must be a number > 1, got {self.eta!r}")
+
+
+@dataclass
 class Search:
     trials: int = 6                    # Optuna trials (after the points)
     concurrency: int = 2               # trials at once
@@ -141,6 +162,7 @@ class Search:
     max_failures: int = 1              # Ray Train retries of a crashed worker group per trial
     trial_retries: int = 0             # Tune restarts of a failed trial; it resumes from its Train checkpoint (clusters: 1)
     driver_resource: str | None = None   # drivers need 0.001 of it; only non-preemptible nodes declare it (clusters: smf_driver)
+    early_stopping: EarlyStopping | None = None   # MO-ASHA over the curves (scheduler.py); null: every trial runs to its end
 
     def __post_init__(self):
         check_choices(self, "search.")
@@ -209,6 +231,8 @@ class Spec:
             d.pop("hypervolume")
         if self.curves == CurveConfig():
             d.pop("curves")
+        if self.search.early_stopping is None:
+            d["search"].pop("early_stopping")
         return d
 
 
@@ -491,6 +515,17 @@ def validate(spec: Spec) -> None:
     s = spec.search
     if s.trials < 0 or s.concurrency < 1 or s.max_failures < 0 or s.trial_retries < 0:
         raise _err("search", "trials must be >= 0, concurrency >= 1, max_failures >= 0, trial_retries >= 0")
+    es = s.early_stopping
+    if es is not None:
+        if not spec.curves.on:
+            raise _err("search.early_stopping", "needs the learning–forgetting curves (curves.every > 0): its rungs "
+                                                "judge the curve's points; set curves.every, e.g. to the grace")
+        if es.grace < spec.curves.every:
+            raise _err("search.early_stopping.grace", f"must be >= curves.every ({spec.curves.every}): the first rung "
+                                                      f"needs a curve point at or after it, got {es.grace}")
+        costs = [n for n in obj.names if n in O.COSTS]
+        if costs:
+            raise _err("search.early_stopping", f"the curve's points have no cost, an objective here ({', '.join(costs)})")
     if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
                                           or s.driver_resource in ("CPU", "GPU", "memory", "object_store_memory")):
         raise _err("search.driver_resource", f"a custom Ray resource name (e.g. smf_driver) or null, got {s.driver_resource!r}")

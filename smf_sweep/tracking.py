@@ -2,7 +2,8 @@
 
 All writes happen in the Tune driver process (a Tune Callback), so a SQLite store has one writer.
 A resumed sweep finds its parent run and each trial's run again by tags, so nothing is duplicated
-and no record is lost; a failed trial's run ends FAILED with its reason. After every search trial
+and no record is lost; a failed trial's run ends FAILED with its reason, a trial stopped early
+(scheduler.MOASHA) KILLED with tag `stopped_at_rung` and its objectives there. After every search trial
 that ends, the parent run gets the sweep's progress as step metrics: the hypervolume of the front
 so far (step = search trials ended), the cumulative compute, the hypervolume by compute (step =
 cumulative device-seconds) and the front's size (objectives.Objectives.hypervolume)."""
@@ -22,6 +23,7 @@ from ray.tune import Callback
 
 from . import objectives as O
 from .probes.base import TASKS
+from .scheduler import EARLY_STOPPED, STOPPED_AT_RUNG, STOPPED_AT_STEP
 
 STEP_PREFIXES = ("train/", "retrofit/", "curve/")
 _TASKS = "|".join(map(re.escape, TASKS))
@@ -254,11 +256,22 @@ class MLflowTrialLogger(Callback):
             self.tracker.client.log_batch(rid, metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-
+        """A finished trial: its final metrics, status FINISHED. A trial the scheduler stopped
+        (scheduler.MOASHA wrote `early_stopped` into its last result): the objectives at its rung
+        (curve values on the probes' subsets) and its cost so far as final metrics, tags
+        `stopped_at_rung` (the rung's budget, optimizer steps) and `stopped_at_step`, status KILLED;
+        the sweep's progress counts its compute, not its values (they are no finished trial's)."""
         rid, ts = self._run(trial), int(time.time() * 1000)
         res = trial.last_result or {}
         final = _final_metrics(res, ts)
         self.tracker.client.log_batch(rid, metrics=final)
+        if res.get(EARLY_STOPPED):
+            for key in (STOPPED_AT_RUNG, STOPPED_AT_STEP):
+                if key in res:
+                    self.tracker.client.set_tag(rid, key, str(int(res[key])))
+            self.tracker.client.set_terminated(rid, "KILLED")
+            self._log_progress(trial, {m.key: m.value for m in final if m.key in O.COSTS})
+            return
         self.tracker.client.set_terminated(rid, "FINISHED")
         self._log_progress(trial, {m.key: m.value for m in final})
 
@@ -307,7 +320,7 @@ def _final_metrics(res: dict, ts: int) -> list:
 
 
 class Progress:
-    """The search's ended trials in order (id → final metrics; a failed trial's: its cost only),
+    """The search's ended trials in order (id → final metrics; a failed or early-stopped trial's: its cost only),
     under the sweep's recorded objectives (the parent run's tag). Read from the store on the first
     trial a driver sees, so a resumed sweep counts the trials before it; a trial seen again (a
     retry) keeps its place."""
@@ -329,10 +342,12 @@ class Progress:
             token = page.token
             if not token:
                 break
-        ended = [r for r in runs if r.info.status in ("FINISHED", "FAILED")
+        stopped = lambda r: r.info.status == "KILLED" and STOPPED_AT_RUNG in r.data.tags  # noqa: E731
+        ended = [r for r in runs if (r.info.status in ("FINISHED", "FAILED") or stopped(r))
                  and r.data.tags.get(O.STAGE_TAG, "search") == "search"]
         ended.sort(key=lambda r: (r.info.end_time or 0, r.info.start_time or 0))
-        return cls(obj, {r.data.tags.get("trial_id", r.info.run_id): dict(r.data.metrics) for r in ended})
+        return cls(obj, {r.data.tags.get("trial_id", r.info.run_id):
+                         {k: v for k, v in r.data.metrics.items() if not stopped(r) or k in O.COSTS} for r in ended})
 
     def add(self, trial_id: str, metrics: dict) -> None:
         self.rows[trial_id] = dict(metrics)

@@ -63,11 +63,13 @@ def make_searcher(spec: Spec):
     Optuna's order, `forgetting` expanded under nats) and constraints: a finished trial's constraint
     values go onto its Optuna trial (Trial.set_constraint, Optuna 5's mechanism; the samplers'
     `constraints_func` is deprecated) before it is told, so TPE/NSGA-II treat it as infeasible and
-    `study.best_trials` leaves it out."""
+    `study.best_trials` leaves it out. A trial stopped early (scheduler.MOASHA) is told as the spec
+    says (search.early_stopping.optuna; SafeOptunaSearch._tell_stopped): PRUNED by default."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     from .objectives import Objectives
+    from .scheduler import EARLY_STOPPED as STOPPED, STOPPED_AT_RUNG, STOPPED_AT_STEP
 
     obj = Objectives.from_spec(spec)
 
@@ -75,7 +77,17 @@ def make_searcher(spec: Spec):
         """OptunaSearch that never leaves a study trial RUNNING: an errored trial, or one whose last
         result lacks a finite objective (e.g. it failed after intermediate training reports), is
         told FAIL. (Ray's own version tells [None, None] as COMPLETE, which Optuna rejects.) A
-        finished trial's constraint values (Objectives.violations: <= 0 holds) are set first."""
+        finished trial's constraint values (Objectives.violations: <= 0 holds) are set first. A
+        trial the scheduler stopped (`early_stopped` in its last result) is told by _tell_stopped.
+
+        Why PRUNED is the default for a stopped trial: Optuna's multi-objective studies cannot be
+        pruned the usual way (Trial.report/should_prune are single-objective), but tell(PRUNED)
+        works, and multi-objective TPE puts a pruned trial without intermediate values below every
+        complete one (its "bad" group once enough trials completed): it learns the region is worse
+        without ever seeing the rung's numbers as final ones. COMPLETE with the rung's values would
+        compare a partly trained trial on probe subsets with finished ones: a trial stopped early has
+        forgotten little, so TPE would count it among the best and sample more like it, and it could
+        join study.best_trials (summarize's front leaves stopped trials out either way)."""
 
         def on_trial_result(self, trial_id, result):
             """A failing trial's driver reports why before it raises (sweep_trial); Tune then calls
@@ -87,6 +99,8 @@ def make_searcher(spec: Spec):
         def on_trial_complete(self, trial_id, result=None, error=False):
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
+            if not error and (result or {}).get(STOPPED):
+                return self._tell_stopped(trial_id, result)
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             vals = [(result or {}).get(m) for m in metrics]
             reason = self.__dict__.get("_failure_reasons", {}).pop(trial_id, None) or (result or {}).get("failure_reason")
@@ -111,6 +125,35 @@ def make_searcher(spec: Spec):
                     ot.set_constraint(key, value)
             super().on_trial_complete(trial_id, result, error)
 
+        def _tell_stopped(self, trial_id, result):
+            """A trial the scheduler stopped (scheduler.MOASHA; its last result holds the rung and
+            the objectives there): user attrs `smf_sweep.stopped_at_rung`, `smf_sweep.stopped_at_step`
+            and `smf_sweep.rung_values` (the objectives at the rung, the study's order), then the
+            spec's state (search.early_stopping.optuna): PRUNED (no values: multi-objective TPE ranks
+            it below every complete trial, NSGA-II ignores it, no front holds it), COMPLETE with the
+            rung's values (and its constraints at the rung), or FAIL (the samplers ignore it)."""
+            ot = self._ot_trials[trial_id]
+            vals = [result.get(m) for m in self.metric]
+            rung = {"smf_sweep.stopped_at_rung": int(result[STOPPED_AT_RUNG]),
+                    "smf_sweep.stopped_at_step": int(result.get(STOPPED_AT_STEP, result[STOPPED_AT_RUNG])),
+                    "smf_sweep.rung_values": json.dumps(dict(zip(self.metric, vals)))}
+            for k, v in rung.items():
+                ot.set_user_attr(k, v)
+            state = self.__dict__.get("_smf_stopped_as", "pruned")
+            finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)
+            if state == "complete" and finite:
+                checker = self.__dict__.get("_smf_objectives")
+                if checker is not None and checker.constraints:
+                    for key, value in checker.violations(result).items():
+                        ot.set_constraint(key, value)
+                self._ot_study.tell(ot, [float(v) for v in vals], state=optuna.trial.TrialState.COMPLETE)
+            else:
+                if state == "complete":            # no finite values at the rung: nothing to tell as values
+                    ot.set_user_attr("failure_reason", f"stopped early without finite objectives: {vals}")
+                self._ot_study.tell(ot, state=optuna.trial.TrialState.PRUNED if state == "pruned"
+                                    else optuna.trial.TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+
         def restore(self, checkpoint_path: str):
             """After Tune restores the searcher, find study trials still RUNNING that no restored
             Tune trial owns: a driver that was stopped had asked for them after Tune's last
@@ -134,7 +177,68 @@ def make_searcher(spec: Spec):
                                 storage=optuna.storages.RDBStorage(storage), study_name=f"{spec.name}-{spec.spec_hash()}",
                                 points_to_evaluate=points_of(spec) or None)
     searcher._smf_objectives = obj        # saved with the searcher's state (OptunaSearch.save pickles __dict__)
+    es = spec.search.early_stopping
+    searcher._smf_stopped_as = es.optuna if es is not None else "pruned"   # a stopped trial's Optuna state
     return searcher
+
+
+# ---- early stopping (scheduler.MOASHA) -------------------------------------------------------------
+class TrialCost:
+    """A trial's cost metrics (objectives.COSTS) from its arm's resources: `cost/device_s` = wall
+    seconds × workers × GPUs per worker (CPUs when it has no GPU), `cost/tokens` when known.
+    Picklable (the scheduler holds one)."""
+
+    def __init__(self, spec: Spec):
+        self.spec = spec
+
+    def __call__(self, config: dict, seconds: float, tokens: float | None = None) -> dict:
+        from .objectives import COST_S, COST_TOKENS, device_seconds
+
+        arm = config.get("point", config).get("method")
+        if arm not in self.spec.methods:
+            return {}
+        r = self.spec.methods[arm].resources
+        out = {COST_S: device_seconds(seconds, r.workers, r.gpus_per_worker, r.cpus_per_worker)}
+        if tokens is not None:
+            out[COST_TOKENS] = float(tokens)
+        return out
+
+
+class PlannedSteps:
+    """A trial's optimizer steps as its worker will count them (worker.train_worker:
+    `TrainConfig.total_steps(steps_per_epoch)`, steps per epoch = training examples // effective
+    batch, batching.Batcher), from the spec and the trial's config. The training rows are those of
+    data.medmcqa_train_subset, counted once per (source, train_limit). MO-ASHA keeps a trial's rungs
+    below it and warns when a finished trial's `train_steps` differs."""
+
+    def __init__(self, spec: Spec):
+        self.spec, self.rows = spec, {}
+
+    def __call__(self, config: dict) -> int:
+        from .data import medmcqa_train_subset
+
+        method, params, seed = trial_params(config)
+        _, tcfg = build_configs(self.spec, method, params)
+        key = (self.spec.data.task, tcfg.train_limit)
+        if key not in self.rows:
+            seed = self.spec.seeds[0] if seed is None else seed
+            self.rows[key] = len(medmcqa_train_subset(self.spec.data.task, seed=seed, limit=tcfg.train_limit))
+        return tcfg.total_steps(self.rows[key] // tcfg.effective_batch)
+
+
+def make_scheduler(spec: Spec):
+    """The search's Tune scheduler: MO-ASHA (scheduler.MOASHA) over the spec's objectives (the same
+    objectives.Objectives as make_searcher's, so scheduler and searcher agree on the metrics and
+    their directions; Tune's own single metric/mode stay unset) when `search.early_stopping` is set,
+    else None (Tune's FIFO: every trial runs to its end)."""
+    es = spec.search.early_stopping
+    if es is None:
+        return None
+    from .objectives import Objectives
+    from .scheduler import MOASHA
+
+    return MOASHA(Objectives.from_spec(spec), grace=es.grace, eta=es.eta, tie_break=es.tie_break,
+                  total_steps=PlannedSteps(spec), cost=TrialCost(spec))
 
 
 # ---- one Tune trial ------------------------------------------------------------------------------
@@ -154,16 +258,13 @@ def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
     from ray import tune
 
     from .failures import describe_error
-    from .objectives import COST_MEMORY, COST_S, COST_TOKENS, VIOLATION, Objectives, device_seconds
+    from .objectives import COST_MEMORY, COST_TOKENS, VIOLATION, Objectives
     from .trial import TrialFailed, run_trial
 
     def cost(arm: str | None, seconds: float, m: dict) -> dict:
-        if arm not in spec.methods:
-            return {}
-        r = spec.methods[arm].resources
-        out = {COST_S: device_seconds(seconds, r.workers, r.gpus_per_worker, r.cpus_per_worker)}
+        out = TrialCost(spec)({"method": arm}, seconds)
         for key, name in (("train/tokens", COST_TOKENS), ("train/peak_memory_bytes", COST_MEMORY)):
-            if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool):
+            if out and isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool):
                 out[name] = float(m[key])
         return out
 
@@ -308,7 +409,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(spec), num_samples=n,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(spec), scheduler=make_scheduler(spec), num_samples=n,
                                         max_concurrent_trials=spec.search.concurrency),
             run_config=tune_run_config(spec, spec.name, sweep / "tune", [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()
@@ -361,6 +462,7 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
     spent (cost/device_s). Also where the records are (sweep dir, MLflow experiment, the UI command
     and the URL of the experiment's runs table: `where_to_look`)."""
     from .objectives import COST_S, EXPERIMENT_PREFIX, Objectives
+    from .scheduler import EARLY_STOPPED
     from .tracking import runs_url, ui_command
 
     obj = Objectives.from_spec(spec)
@@ -376,8 +478,9 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
                 times[k] += m.get(f"time.{k}_s", 0.0)
         cfg = dict(r.config or {})
         method = cfg.get("method")
-        rows.append({"trial_id": m.get("trial_id", ""), "method": method,
-                     "status": "ok" if r.error is None and obj.values(m) is not None else "failed",
+        status = "stopped" if r.error is None and m.get(EARLY_STOPPED) else \
+            "ok" if r.error is None and obj.values(m) is not None else "failed"
+        rows.append({"trial_id": m.get("trial_id", ""), "method": method, "status": status,
                      "params": {k: v for k, v in cfg.items() if k == "method" or k.startswith(f"{method}.")},
                      **{k: m.get(k) for k in obj.recorded()},
                      "config": json.dumps({k: v for k, v in cfg.items() if k != "method"}, default=str)})
@@ -392,7 +495,9 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
         front, source = [r for r, on in zip(feasible, mask) if on], "Tune's results (no Optuna study found)"
     front = sorted(front, key=obj.rank_key)
     arrows = ", ".join(f"{n} {obj.arrow(n)}" for n in obj.names)
-    print(f"\n{len(done)} of {len(rows)} trials finished; Pareto-optimal ({arrows}; from {source}):")
+    stopped = sum(r["status"] == "stopped" for r in rows)
+    early = f", {stopped} stopped early (never on the front)" if stopped else ""
+    print(f"\n{len(done)} of {len(rows)} trials finished{early}; Pareto-optimal ({arrows}; from {source}):")
     if front:
         import pandas as pd
 
@@ -419,13 +524,14 @@ def summarize(spec: Spec, grid, uri: str) -> dict:
             "sweep_dir": str(sweep), "tracking_uri": uri, "experiment": experiment, "experiment_id": exp_id,
             "mlflow_ui": ui_command(uri), "runs_url": runs_url(uri, exp_id) if exp_id else None,
             "seconds_in_trials": times, "hypervolume": hv, "compute_s": compute,
-            "feasible": len(feasible)}
+            "feasible": len(feasible), "stopped": stopped}
 
 
 def study_front(spec: Spec, obj, done: list[dict]) -> tuple[list[dict] | None, str]:
     """Optuna's Pareto front of the sweep's study (the one make_searcher opened), each best trial
-    matched to its Tune trial (same parameters and objective values) for its trial id and metrics.
-    (None, why) when there is no such study."""
+    matched to its Tune trial (same parameters and objective values) for its trial id and metrics;
+    trials stopped early are left out (with early_stopping.optuna: complete the study holds their
+    values at a rung, not finished ones). (None, why) when there is no such study."""
     import optuna
 
     db = spec.sweep_dir() / "optuna.db"
@@ -442,8 +548,16 @@ def study_front(spec: Spec, obj, done: list[dict]) -> tuple[list[dict] | None, s
     if list(study.directions) != want:
         raise SpecError(f"Optuna study {name} optimises {[d.name for d in study.directions]}, the spec "
                         f"{list(zip(obj.names, obj.modes))}")
+    best = study.best_trials
+    if any("smf_sweep.stopped_at_rung" in t.user_attrs for t in best):
+        # told COMPLETE at a rung (early_stopping.optuna: complete): best_trials' rule on the others
+        from optuna.study._multi_objective import _get_pareto_front_trials_by_trials
+        from optuna.study.study import _is_constrained_optimization
+
+        trials = [t for t in study.get_trials(deepcopy=False) if "smf_sweep.stopped_at_rung" not in t.user_attrs]
+        best = _get_pareto_front_trials_by_trials(trials, study.directions, _is_constrained_optimization(trials))
     unused, front = list(done), []
-    for t in sorted(study.best_trials, key=lambda t: t.number):
+    for t in sorted(best, key=lambda t: t.number):
         match = next((r for r in unused if r["params"] == t.params and all(
             math.isclose(r[n], v, rel_tol=1e-12, abs_tol=1e-12) for n, v in zip(obj.names, t.values))), None)
         if match is not None:

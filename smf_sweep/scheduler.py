@@ -1,0 +1,260 @@
+"""Multi-objective early stopping: MO-ASHA (Schmucker et al. 2021) as a Ray Tune scheduler.
+
+    search:
+      early_stopping: {grace: 8, eta: 3}    # spec (tune.make_scheduler); needs curves.every > 0, grace >= it
+
+A trial's learning–forgetting curve (curves.py) reports `curve/step` (optimizer step) and
+`curve/<name>` for every objective. The scheduler judges trials at *rungs*, budgets in optimizer
+steps that grow geometrically: grace, grace·η, grace·η², … (rounded up), only those below the
+trial's total steps (a rung at its last step would judge a trial that is finishing anyway). Every
+method runs the same optimizer steps whatever a step costs it, so a rung is an equal budget.
+
+The rule, on each curve point as it arrives (asynchronous, like ASHA: decide with what the rung has
+seen so far, never wait for a rung to fill):
+1. The point counts for the highest rung its step has reached above the trial's last judged rung
+   (rungs it jumped past, as Ray's ASHA does, are skipped). Step 0 is never a rung (grace >= 1).
+2. Its objective vector (each objective in its direction: Objectives.senses) is recorded at that
+   rung. With n trials recorded there (this one included): n < η → CONTINUE. Else the rung keeps its
+   best k = max(1, ⌊n/η⌋): rank all n by non-dominated sorting (front 0 = non-dominated, front 1 =
+   non-dominated once front 0 is removed, …), and inside a front by **crowding distance** (NSGA-II's:
+   per objective, the normalised gap between a point's neighbours in that front; a front's extremes,
+   and every point of a front of one or two, have +inf; identical points share a value). The trial
+   CONTINUEs when fewer than k trials rank strictly before it (a better front, or the same front and a
+   strictly larger crowding distance: a tie continues, as ASHA's `reward < cutoff` stops only the
+   strictly worse); else STOP.
+Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
+not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).
+
+What a STOP leaves: Tune ends the trial TERMINATED (not ERROR), so the searcher and the callbacks hear
+of it through on_trial_complete. Before they do, `on_trial_complete` here writes the stop into the
+trial's last result: `early_stopped` 1, `stopped_at_rung` (the rung's budget, steps),
+`stopped_at_step` (the point's step), the point's objectives and the other curve scores under the
+trial's own metric names (`medmcqa_gain_pp`, `forgetting`, `<task>/delta`, …), `constraint_violation`
+with constraints, and its cost so far (`cost/device_s` from Tune's `time_total_s`, `cost/tokens` from
+the last `train/tokens` seen). tune.SafeOptunaSearch tells Optuna (PRUNED by default:
+search.early_stopping.optuna), tracking.MLflowTrialLogger ends its run KILLED with tag
+`stopped_at_rung`, janitor.PlacementGroupJanitor frees its Train run's placement group."""
+from __future__ import annotations
+
+import math
+import sys
+from typing import Callable, Mapping, Sequence
+
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from . import objectives as O
+
+STEP = "curve/step"                # the curve point's optimizer step (curves.Curve)
+CURVE = "curve/"                   # curves.PREFIX: a point's metrics are curve/<name>
+EARLY_STOPPED = "early_stopped"    # 1 in the last result of a trial this scheduler stopped
+STOPPED_AT_RUNG = "stopped_at_rung"   # the rung's budget in optimizer steps (also the MLflow tag)
+STOPPED_AT_STEP = "stopped_at_step"   # the step of the point that was judged (>= the rung's budget)
+TIE_BREAKS = ("crowding",)
+
+
+# ---- the rule -------------------------------------------------------------------------------------
+def budgets(grace: int, eta: float, upto: int) -> list[int]:
+    """The rungs' budgets ⌈grace·η^k⌉ (k = 0, 1, …) up to `upto` steps, increasing, no repeats."""
+    out, k = [], 0
+    while True:
+        b = math.ceil(grace * eta ** k - 1e-9)        # 1e-9: 3·3² is 27, not 27.000000000000004
+        if b > upto:
+            return out
+        if not out or b > out[-1]:
+            out.append(b)
+        k += 1
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+    """a dominates b (every objective minimised): no worse anywhere, better somewhere."""
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+def fronts(points: Sequence[Sequence[float]]) -> list[int]:
+    """Non-dominated sorting: each point's front (0 = non-dominated), every objective minimised."""
+    rank, left, r = [0] * len(points), set(range(len(points))), 0
+    while left:
+        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
+        for i in front:
+            rank[i] = r
+        left -= front
+        r += 1
+    return rank
+
+
+def crowding(points: Sequence[Sequence[float]]) -> list[float]:
+    """NSGA-II's crowding distance of each point within `points` (one front): the sum over
+    objectives of the gap between its neighbours, normalised by the front's range in that
+    objective; the extremes of an objective whose range is not zero get +inf. Computed on the
+    distinct points (identical points share a value); a front of one or two distinct points: +inf."""
+    uniq = sorted(set(map(tuple, points)))
+    if len(uniq) <= 2:
+        return [math.inf] * len(points)
+    dist = dict.fromkeys(uniq, 0.0)
+    for m in range(len(uniq[0])):
+        s = sorted(uniq, key=lambda p: p[m])
+        lo, hi = s[0][m], s[-1][m]
+        if hi == lo:
+            continue
+        dist[s[0]] = dist[s[-1]] = math.inf
+        for i in range(1, len(s) - 1):
+            dist[s[i]] += (s[i + 1][m] - s[i - 1][m]) / (hi - lo)
+    return [dist[tuple(p)] for p in points]
+
+
+def priorities(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+    """(front, −crowding distance within the front) of each point: smaller is better."""
+    rank = fronts(points)
+    out = [(0, 0.0)] * len(points)
+    for r in set(rank):
+        idx = [i for i in range(len(points)) if rank[i] == r]
+        for i, d in zip(idx, crowding([points[i] for i in idx])):
+            out[i] = (r, -d)
+    return out
+
+
+def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float) -> bool:
+    """Whether `trial`, recorded at a rung with `entries` ({trial: objectives, minimised}, itself
+    included), continues: fewer than η entries, or fewer than max(1, ⌊n/η⌋) entries rank strictly
+    before it (priorities: front, then crowding distance)."""
+    n = len(entries)
+    if n < eta:
+        return True
+    keep = max(1, math.floor(n / eta + 1e-9))
+    ids = list(entries)
+    prio = dict(zip(ids, priorities([tuple(entries[i]) for i in ids])))
+    return sum(prio[i] < prio[trial] for i in ids if i != trial) < keep
+
+
+# ---- the Tune scheduler ------------------------------------------------------------------------------
+class MOASHA(FIFOScheduler):
+    """Ray Tune scheduler: MO-ASHA over the spec's objectives (module docstring). Trials start in
+    submission order (FIFOScheduler); `on_trial_result` returns STOP or CONTINUE.
+
+    `total_steps(config)` is a trial's planned optimizer steps (tune.PlannedSteps; rungs stay below
+    it; None or an error: no cap but the point's step), `cost(config, seconds, tokens)` its cost
+    metrics at a stop (tune.TrialCost). Picklable (the Tuner saves it with its config)."""
+
+    _supports_buffered_results = False      # decide on every curve point, never on a batch of them
+
+    def __init__(self, objectives: "O.Objectives", *, grace: int, eta: float = 3, tie_break: str = "crowding",
+                 total_steps: Callable[[dict], int | None] | None = None,
+                 cost: Callable[[dict, float, float | None], dict] | None = None):
+        if not (isinstance(grace, int) and grace >= 1):
+            raise ValueError(f"early_stopping.grace: an integer >= 1 (optimizer steps), got {grace!r}")
+        if not eta > 1:
+            raise ValueError(f"early_stopping.eta: must be > 1, got {eta!r}")
+        if tie_break not in TIE_BREAKS:
+            raise ValueError(f"early_stopping.tie_break: one of {', '.join(TIE_BREAKS)}, got {tie_break!r}")
+        costs = [n for n in objectives.names if n in O.COSTS]
+        if costs:
+            raise ValueError(f"early stopping judges the curve's points, which have no {', '.join(costs)}")
+        super().__init__()
+        self.obj, self.grace, self.eta, self.tie_break = objectives, grace, float(eta), tie_break
+        self.total_steps, self.cost = total_steps, cost
+        self.sign = [-1.0 if m == "max" else 1.0 for m in objectives.modes]     # minimise everything
+        self.rungs: dict[int, dict[str, tuple]] = {}   # budget -> {trial id: objectives, minimised}
+        self.judged: dict[str, int] = {}               # trial id -> its highest judged rung
+        self.totals: dict[str, int | None] = {}        # trial id -> planned optimizer steps
+        self.tokens: dict[str, float] = {}             # trial id -> the last train/tokens seen
+        self.stops: dict[str, dict] = {}               # trial id -> what its last result gets (on_trial_complete)
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        """The objectives are the spec's (the searcher's too); a metric/mode from TuneConfig would be
+        a second source that could disagree, so Tune refuses it (False)."""
+        return not (metric or mode)
+
+    # -- a trial's rungs -------------------------------------------------------------------------------
+    def _total(self, trial) -> int | None:
+        if trial.trial_id not in self.totals:
+            total = None
+            if self.total_steps is not None:
+                try:
+                    total = self.total_steps(trial.config)
+                except Exception as e:  # noqa: BLE001 — no cap is safe: a rung then only sits at a step reached
+                    print(f"warning: early stopping: trial {trial.trial_id}'s total steps are unknown "
+                          f"({type(e).__name__}: {e}); its rungs are not capped", file=sys.stderr)
+            self.totals[trial.trial_id] = total
+        return self.totals[trial.trial_id]
+
+    def rung_for(self, trial_id: str, step: int, total: int | None) -> int | None:
+        """The rung a point at `step` counts for: the highest budget reached, below the total steps
+        and above the trial's last judged rung; None when there is none."""
+        limit = step if total is None else min(step, total - 1)
+        above = [b for b in budgets(self.grace, self.eta, limit) if b > self.judged.get(trial_id, 0)]
+        return above[-1] if above else None
+
+    def vector(self, result: Mapping) -> tuple | None:
+        """The point's objectives, minimised; None unless each `curve/<name>` is a finite number."""
+        vals = self.obj.values({n: result.get(CURVE + n) for n in self.obj.names})
+        return None if vals is None else tuple(s * float(v) for s, v in zip(self.sign, vals))
+
+    # -- Tune's calls ------------------------------------------------------------------------------------
+    def on_trial_add(self, tune_controller, trial):
+        self._total(trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        tid = trial.trial_id
+        tokens = result.get("train/tokens")
+        if isinstance(tokens, (int, float)) and not isinstance(tokens, bool):
+            self.tokens[tid] = float(tokens)
+        step, vec = result.get(STEP), self.vector(result)
+        if vec is None or not isinstance(step, (int, float)) or isinstance(step, bool):
+            return TrialScheduler.CONTINUE
+        rung = self.rung_for(tid, int(step), self._total(trial))
+        if rung is None:
+            return TrialScheduler.CONTINUE
+        entries = self.rungs.setdefault(rung, {})
+        entries[tid] = vec
+        self.judged[tid] = rung
+        if survives(entries, tid, self.eta):
+            return TrialScheduler.CONTINUE
+        self.stops[tid] = self._record(trial, rung, int(step), result)
+        return TrialScheduler.STOP
+
+    def _record(self, trial, rung: int, step: int, result: Mapping) -> dict:
+        """What the stopped trial's last result gets: the marks, the point's metrics under the
+        trial's own names, and its cost so far."""
+        rec = {EARLY_STOPPED: 1, STOPPED_AT_RUNG: rung, STOPPED_AT_STEP: step}
+        for name in self.obj.recorded():
+            v = result.get(CURVE + name)
+            if name not in O.COSTS and isinstance(v, (int, float)) and not isinstance(v, bool):
+                rec[name] = float(v)
+        if self.obj.constraints:
+            rec[O.VIOLATION] = self.obj.violation(rec)
+        seconds = result.get("time_total_s")
+        if self.cost is not None and isinstance(seconds, (int, float)):
+            rec.update(self.cost(trial.config, float(seconds), self.tokens.get(trial.trial_id)))
+        return rec
+
+    def on_trial_complete(self, tune_controller, trial, result: dict):
+        """Tune's stop_trial calls this before the searcher's and the callbacks' on_trial_complete,
+        which read `trial.last_result`: a stopped trial's record goes into it here. A finished
+        trial's real steps are checked against the planned ones the rungs were capped by."""
+        tid = trial.trial_id
+        rec = self.stops.pop(tid, None)
+        if rec is not None:
+            trial.last_result.update(rec)
+        else:
+            planned, real = self.totals.get(tid), (result or {}).get("train_steps")
+            if planned is not None and isinstance(real, int) and real != planned:
+                print(f"warning: early stopping: trial {tid} trained {real} steps, its rungs were capped at the "
+                      f"planned {planned} (tune.PlannedSteps disagrees with the worker)", file=sys.stderr)
+        self._forget(tid)
+
+    def on_trial_error(self, tune_controller, trial):
+        self.stops.pop(trial.trial_id, None)
+        self._forget(trial.trial_id)
+
+    def on_trial_remove(self, tune_controller, trial):
+        self.stops.pop(trial.trial_id, None)
+        self._forget(trial.trial_id)
+
+    def _forget(self, tid: str) -> None:
+        """A trial that ended keeps its rung entries (the rungs' history), nothing else."""
+        self.totals.pop(tid, None)
+        self.tokens.pop(tid, None)
+
+    def debug_string(self) -> str:
+        rungs = ", ".join(f"{b}: {len(e)}" for b, e in sorted(self.rungs.items())) or "none yet"
+        return f"MO-ASHA (grace {self.grace}, η {self.eta:g}, {self.tie_break}): trials per rung {rungs}"
