@@ -13,7 +13,12 @@ run (issue 14). JSON lines (a benchmark, not a test; ~3 min on 2 cores with the 
 5. `checkpoint`: bytes a checkpoint writes per method on the world model, against a naive full
    checkpoint (all weights + AdamW state), and the same sums for Qwen2.5-0.5B's parameter counts.
 6. `probes`: the three study probes on the world (every question), TriviaQA one question at a
-   time (the study's call) against batched (the same answers), MedMCQA at batch 16 against 64.
+   time (the study's call) against batched (the same answers), MedMCQA at batch 16 one pass per option
+   (before issue 14) against batch 64 with the shared prefix (now).
+7. `medmcqa_prefix`: both MedMCQA variants on the world at batch 64, each question's prefix run once
+   and its KV cache shared by the four options (`share_prefix`, the default) against one full pass
+   per option (the path before), with the largest per-option log-likelihood difference and whether
+   every decision is the same.
 """
 from __future__ import annotations
 
@@ -166,13 +171,33 @@ def bench_probes(world: Path, tok) -> None:
     same = [a["output"] for a in r1["triviaqa"].items] == [b["output"] for b in r2["triviaqa"].items]
     emit(case="probes", probe="triviaqa", one_at_a_time_s=round(one, 2), batched_s=round(bat, 2),
          speedup_x=round(one / bat, 2), same_answers=same, n=r1["triviaqa"].n)
-    m16, _ = t([{"task": "medmcqa", "variant": "study", "source": src, "limit": 0}], 16)
-    m64, _ = t([{"task": "medmcqa", "variant": "study", "source": src, "limit": 0}], 64)
+    m16, _ = t([{"task": "medmcqa", "variant": "study", "source": src, "limit": 0,
+                 "options": {"share_prefix": False}}], 16)                      # before issue 14
+    m64, _ = t([{"task": "medmcqa", "variant": "study", "source": src, "limit": 0}], 64)  # now: shared prefix
     w, _ = t([{"task": "wikitext", "variant": "study", "source": src, "limit": 0}], 64)
-    emit(case="probes", probe="medmcqa", batch16_s=round(m16, 2), batch64_s=round(m64, 2),
+    emit(case="probes", probe="medmcqa", batch16_unshared_s=round(m16, 2), batch64_shared_s=round(m64, 2),
          speedup_x=round(m16 / m64, 2))
     emit(case="probes", probe="all_three_pareto_settings", seconds=round(bat + m64 + w, 2),
          before_issue_14_s=round(one + m16 + w, 2))
+
+
+def bench_medmcqa_prefix(world: Path, tok) -> None:
+    from smf_sweep.probes import PROBES
+
+    model = load_model(world / "model", dtype="float32", device="cpu")
+    for variant in ("study", "harness"):
+        probe = PROBES[f"medmcqa:{variant}"]
+        data = probe().load(f"world:{world}", limit=0)
+        probe().run(model, tok, data[:8], batch_size=64)  # warm-up
+        s, r = {}, {}
+        for share in (False, True, False, True):  # interleaved, the best of two each: less noise from the other core
+            t0 = time.perf_counter()
+            r[share] = probe(share_prefix=share).run(model, tok, data, batch_size=64)
+            s[share] = min(s.get(share, float("inf")), time.perf_counter() - t0)
+        diff = max(abs(a - b) for x, y in zip(r[False].items, r[True].items) for a, b in zip(x["scores"], y["scores"]))
+        emit(case="medmcqa_prefix", variant=variant, n=len(data), unshared_s=round(s[False], 2),
+             shared_s=round(s[True], 2), speedup_x=round(s[False] / s[True], 2), max_abs_diff=float(f"{diff:.2g}"),
+             same_decisions=[x["pred"] for x in r[False].items] == [y["pred"] for y in r[True].items])
 
 
 def main() -> None:
@@ -180,14 +205,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps timed per order (default 12)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="padding step tokenise host_syncs checkpoint probes (default: all)")
+                    help="padding step tokenise host_syncs checkpoint probes medmcqa_prefix (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     world = build_world(WorldConfig(), progress=False)
     tok = load_tokenizer(world / "model")
     cases = {"padding": lambda: bench_padding(world, tok), "step": lambda: bench_step(world, tok, args.steps),
              "tokenise": lambda: bench_tokenise(world, tok), "host_syncs": lambda: bench_host_syncs(world),
-             "checkpoint": lambda: bench_checkpoint(world), "probes": lambda: bench_probes(world, tok)}
+             "checkpoint": lambda: bench_checkpoint(world), "probes": lambda: bench_probes(world, tok),
+             "medmcqa_prefix": lambda: bench_medmcqa_prefix(world, tok)}
     for name, fn in cases.items():
         if args.only is None or name in args.only:
             fn()
