@@ -95,16 +95,20 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
 
 
 def _documents(lines: list[str]) -> list[str]:
-    """WikiText lines → one string per article (a ' = Title = ' line starts each)."""
+    """WikiText lines → one string per article (a ' = Title = ' line starts each), its stripped
+    lines joined by a blank line: the text exactly as the study's WikiText probe joins lines (and
+    as the document-level pages read). Pretraining on "\n"-joined articles left every "\n\n" of
+    the probe's text unseen (≈ 12 nats on one token in ten): any finetuning on text with line breaks
+    then "improved" WikiText by 14 %, the spill-over the calibration control caught."""
     docs, cur = [], []
     for ln in lines:
         if ln.startswith(" = ") and cur:
-            docs.append("\n".join(cur).strip("\n"))
+            docs.append("\n\n".join(cur))
             cur = []
-        if ln:
-            cur.append(ln)
+        if ln.strip():
+            cur.append(ln.strip())
     if cur:
-        docs.append("\n".join(cur))
+        docs.append("\n\n".join(cur))
     return docs
 
 

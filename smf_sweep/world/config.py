@@ -16,9 +16,10 @@ class WorldConfig:
     general_mcq_variants: int = 2      # general multiple-choice questions per fact in pretraining
     copy_texts: int = 300              # fresh texts with new random names per epoch (teach copying)
     # medical domain (the task; never seen in pretraining)
-    n_diseases: int = 12               # each: drug, organism, organ, symptom → 4 facts (48: learnable in minutes)
-    train_variants: int = 12           # train questions per fact (wording × option order × distractors)
-    val_variants: int = 4              # validation questions per fact (new option sets and positions)
+    n_diseases: int = 25               # each: drug, organism, organ, symptom → 4 facts (100)
+    train_variants: int = 6            # train questions per fact (wording × option order × distractors)
+    val_variants: int = 8              # validation questions per fact (new option sets and positions): 800
+                                       # in all, so 5 pp is 2 standard errors of a difference (calibrate.py)
     # tokenizer and model (a Qwen2: same architecture as Qwen2.5, tiny)
     vocab_size: int = 2048
     hidden_size: int = 192
