@@ -84,8 +84,9 @@ def general_texts(world: Path) -> list[str]:
     return _documents(lines) + [trivia_text(r) for r in trivia]
 
 
-def continue_on_general(cfg, texts: list[str], probes: list[dict], batch: int) -> dict:
-    """Full FT of the base model on `texts` at the trial's TrainConfig and method config (the one loop)."""
+def continue_on_general(cfg, texts: list[str], probes: list[dict], batch: int, steps: int) -> dict:
+    """Full FT of the base model on `texts` for `steps` optimizer steps (the medical runs' budget) at
+    the trial's TrainConfig and method config, through the one loop."""
     import torch
     from transformers import set_seed
 
@@ -102,7 +103,7 @@ def continue_on_general(cfg, texts: list[str], probes: list[dict], batch: int) -
     model = load_model(cfg.model, dtype="float32", device=torch.device("cpu"))
     b = Batcher(text_examples(texts), tok, micro_batch_size=t.micro_batch_size, max_len=t.max_len,
                 effective_batch=t.effective_batch, order=t.batch_order, seed=cfg.seed)
-    total = t.total_steps(b.steps_per_epoch)
+    total = steps
     ctx = SetupContext(tokenizer=tok, train=t, total_steps=total, device=torch.device("cpu"), seed=cfg.seed,
                        data=asdict(cfg.data))
     setup = prepared(METHODS[cfg.method], model, cfg.method_cfg, ctx)
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lrs", default=",".join(f"{x:g}" for x in MEDICAL_LRS), help="medical-task rates, comma-separated")
     ap.add_argument("--write", action="store_true", help="record the controls in the world's world.json")
+    ap.add_argument("--record", type=Path, default=None, metavar="JSON",
+                    help="also write them, with the world's key, to this file (the repository keeps the default "
+                         "world's in tests/golden/world_calibration.json)")
     args = ap.parse_args(argv)
 
     from .objectives import Objectives  # noqa: F401  (probe directions are the base record's)
@@ -140,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"base: MedMCQA {base['medmcqa']:.4f}  TriviaQA {base['triviaqa']:.4f}  WikiText {base['wikitext']:.2f}", flush=True)
     params = dict(full.points[0]) if full.points else {}
 
-    medical = []
+    medical, steps = [], 0
     for lr in lrs:
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
         final = train_worker(replace(cfg, cache_dir=None))
+        steps = final["train_steps"]
         after = {t: final[f"after/{t}"] for t in ("medmcqa", "triviaqa", "wikitext")}
         row = {"lr": lr, **_deltas(base, after)}
         medical.append(row)
@@ -153,13 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     general = []
     for lr in (lo, math.sqrt(lo * hi), hi):
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
-        after = continue_on_general(cfg, texts, specs, spec.probe_batch_size)
+        after = continue_on_general(cfg, texts, specs, spec.probe_batch_size, steps)
         row = {"lr": lr, "steps": after.pop("steps"), **_deltas(base, after)}
         general.append(row)
         print(f"general lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
 
     info = json.loads((world / "world.json").read_text())
-    n_val = sum(1 for _ in (world / "data" / "medmcqa" / "validation.jsonl").open())
+    from .data import load_medmcqa
+    n_val = len(load_medmcqa(f"world:{world}", "validation"))          # single-choice rows: what the probe scores
     cal = {
         "converged_base": converged(general),
         "no_spill_over": spill_over(medical, (lo, hi)),
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         info["calibration"] = cal
         (world / "world.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"recorded in {world / 'world.json'}")
+    if args.record:
+        args.record.write_text(json.dumps({"world_key": info["key"], "calibration": cal}, indent=1) + "\n")
+        print(f"recorded in {args.record}")
     return 0 if all(c["passed"] for k, c in cal.items() if k != "how") else 1
 
 
