@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -183,7 +184,7 @@ def test_the_scheduler_refuses_what_it_cannot_judge():
 
 # ---- the spec ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sets, words", [
-    (["search.early_stopping={grace: 4}"], "curves.every > 0"),
+    (["curves.every=0", "search.early_stopping={grace: 4}"], "curves.every > 0"),
     (["curves.every=4", "search.early_stopping={grace: 2}"], "grace: must be >= curves.every (4)"),
     (["curves.every=4", "search.early_stopping={grace: 4, eta: 1}"], "eta: must be a number > 1"),
     (["curves.every=4", "search.early_stopping={grace: 4.5}"], "grace: expected an integer"),
@@ -208,7 +209,11 @@ def test_off_by_default_shipped_specs_keep_their_hash_and_on_builds_the_schedule
         spec = load_spec(path, [f"storage={tmp_path}"])
         assert spec.search.early_stopping is None and make_scheduler(spec) is None
         assert "early_stopping" not in spec.to_dict()["search"]
-        assert "# early_stopping: {grace:" in path.read_text()            # the commented example line
+        example = re.search(r"# early_stopping: (\{[^}]*\})", path.read_text()).group(1)   # the commented line
+        grace = int(re.search(r"grace: (\d+)", example).group(1))
+        uncommented = load_spec(path, [f"storage={tmp_path}", f"search.early_stopping={example}",
+                                       *([] if spec.curves.on else [f"curves.every={grace}"])])
+        assert uncommented.search.early_stopping.grace == grace >= uncommented.curves.every
     off = load_spec(SMOKE, ["curves.every=2"])
     assert load_spec(SMOKE, ["curves.every=2", "search.early_stopping=null"]).spec_hash() == off.spec_hash()
     on = load_spec(SMOKE, ON)
@@ -330,3 +335,25 @@ def test_mlflow_ends_a_stopped_trial_killed_with_its_rung_and_counts_only_its_co
     assert hist[O.FRONT_SIZE] == [(1, 0.0), (2, 1.0)]        # … its rung's values do not
     assert progress.rows["b"] == {O.COST_S: 8.0}             # read back the same way by a resumed driver
     assert progress.point()[O.HYPERVOLUME] == pytest.approx(hist[O.HYPERVOLUME][-1][1])
+
+
+def test_multi_objective_tpe_puts_a_pruned_trial_below_every_complete_one():
+    """Why `pruned` is the default: Optuna 5's TPE splits a multi-objective study's trials into
+    good ("below") and bad ("above"); complete trials fill the good group first, a PRUNED trial
+    without intermediate values only after them — it counts as worse than every complete trial."""
+    import optuna
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for gain, forgetting in ((1.0, 5.0), (2.0, 4.0), (3.0, 3.0), (0.5, 6.0)):
+        study.enqueue_trial({"x": gain})
+        t = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
+        study.tell(t, [gain, forgetting])
+    pruned = study.ask({"x": optuna.distributions.FloatDistribution(0, 10)})
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    trials = study.get_trials(deepcopy=False)
+    for n_below in (1, 2, 4):
+        below, above = _split_trials(study, trials, n_below)
+        assert pruned.number in [t.number for t in above]
+    assert [t.number for t in study.best_trials] == [2]

@@ -1,0 +1,134 @@
+"""A real sweep with multi-objective early stopping (issue 16, item 1): `tune.run_sweep` on the
+embedded world (Ray Tune + Train, Optuna on SQLite, MLflow on SQLite), LoRA points one at a time,
+curve points every 4 steps, MO-ASHA with grace 4 and η 2 (rungs 4 and 8 of 16 steps). The third
+point's learning rate wrecks the model: at its rung the earlier trials dominate it and it stops.
+Checked: it is TERMINATED (not ERROR) in Tune, PRUNED in Optuna with its rung, KILLED in MLflow with
+tag stopped_at_rung and its rung's objectives, trained no further than its rung's point, and the
+rung's rule holds on the logged curves; the trial after it still starts on one CPU (the janitor
+freed the stopped Train run's placement group) and nothing is left RUNNING or reserved."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_objectives import SMOKE
+
+pytestmark = pytest.mark.slow
+STEPS, GRACE, ETA = 16, 4, 2
+POINTS = [{"rank": 16, "alpha": 32, "lr": 1.0e-3}, {"rank": 4, "alpha": 32, "lr": 3.0e-4},
+          {"rank": 16, "alpha": 32, "lr": 3.0e-3},            # the wrecking one: dominated at rung 4 or 8
+          {"rank": 4, "alpha": 8, "lr": 1.0e-4}]             # starts after a stop, on the one CPU it freed
+SETS = [f"train.max_steps={STEPS}", "train.warmup_steps=2", "train.log_every=4",
+        "curves={every: 4, limit: 32, kl_texts: 2, kl_len: 64}",
+        f"search.early_stopping={{grace: {GRACE}, eta: {ETA}}}", "search.trials=0", "search.concurrency=1",
+        "methods.smf.points=[]", "methods.full.points=[]", f"methods.lora.points={json.dumps(POINTS)}",
+        "probes.medmcqa.limit=320", "probes.wikitext.limit=32", "probes.triviaqa.limit=64"]
+
+
+@pytest.fixture(scope="module")
+def sweep(world, tmp_path_factory):
+    import ray
+    from ray.tune import ExperimentAnalysis
+    from ray.util.placement_group import placement_group_table
+
+    from smf_sweep.spec import load_spec
+    from smf_sweep.tune import run_sweep
+
+    spec = load_spec(SMOKE, [f"storage={tmp_path_factory.mktemp('es')}", *SETS])
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)   # one CPU: a leaked group would hang trial 4
+    try:
+        summary = run_sweep(spec, progress=False)
+        groups = {gid: g["state"] for gid, g in placement_group_table().items()}
+        tune = {t.trial_id: (t.status, dict(t.last_result), t.error_file)      # Tune's saved experiment state
+                for t in ExperimentAnalysis(str(spec.sweep_dir() / "tune" / spec.name)).trials}
+    finally:
+        ray.shutdown()
+    return {"spec": spec, "summary": summary, "groups": groups, "tune": tune}
+
+
+def _runs(summary):
+    from mlflow import MlflowClient
+
+    c = MlflowClient(summary["tracking_uri"])
+    runs = c.search_runs([summary["experiment_id"]], "tags.`smf_sweep.role` = 'trial'",
+                         order_by=["attributes.start_time ASC"])
+    return c, runs
+
+
+def _curve(c, run, name: str) -> dict[int, float]:
+    return {m.step: m.value for m in c.get_metric_history(run.info.run_id, f"curve/{name}")}
+
+
+@pytest.mark.timeout(1200)
+def test_a_dominated_trial_is_stopped_and_recorded_everywhere(sweep):
+    import optuna
+
+    from smf_sweep.objectives import Objectives
+    from smf_sweep.scheduler import survives
+
+    spec, summary = sweep["spec"], sweep["summary"]
+    obj = Objectives.from_spec(spec)
+    c, runs = _runs(summary)
+    assert len(runs) == 4 and [r.data.params["lr"] for r in runs] == [str(p["lr"]) for p in POINTS]
+    stopped = [r for r in runs if r.info.status == "KILLED"]
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert stopped and len(stopped) + len(finished) == 4, [(r.data.tags["trial_id"], r.info.status) for r in runs]
+    assert runs[2] in stopped                                    # the wrecking point
+    assert summary["stopped"] == len(stopped) and summary["finished"] == len(finished)
+
+    # Tune: TERMINATED (no error), the stop in its last result (the scheduler's record)
+    for r in runs:
+        status, last, error = sweep["tune"][r.data.tags["trial_id"]]
+        assert status == "TERMINATED" and not error
+        assert bool(last.get("early_stopped")) == (r in stopped)
+        if r in stopped:
+            assert last["stopped_at_rung"] == int(r.data.tags["stopped_at_rung"]) and last["done"]
+            assert last["curve/step"] == last["stopped_at_step"]
+
+    # Optuna: PRUNED with the rung (search.early_stopping.optuna's default), the rest COMPLETE
+    storage = f"sqlite:///{spec.sweep_dir() / 'optuna.db'}"
+    (name,) = optuna.get_all_study_names(storage)             # <name>-<hash of the world-resolved spec>
+    study = optuna.load_study(study_name=name, storage=storage)
+    by_lr = {t.params["lora.lr"]: t for t in study.trials}
+    assert len(study.trials) == 4 and not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for r in runs:
+        t = by_lr[float(r.data.params["lr"])]
+        if r in stopped:
+            assert t.state == optuna.trial.TrialState.PRUNED and t.values is None
+            assert t.user_attrs["smf_sweep.stopped_at_rung"] == int(r.data.tags["stopped_at_rung"])
+        else:
+            assert t.state == optuna.trial.TrialState.COMPLETE and "smf_sweep.stopped_at_rung" not in t.user_attrs
+
+    # MLflow: KILLED, the rung's objectives as final metrics, no curve point after the stop
+    order = {r.data.tags["trial_id"]: i for i, r in enumerate(runs)}
+    for r in stopped:
+        rung, step = int(r.data.tags["stopped_at_rung"]), int(r.data.tags["stopped_at_step"])
+        assert rung in (GRACE, GRACE * ETA) and rung <= step < STEPS and "failure_reason" not in r.data.tags
+        curves = {n: _curve(c, r, n) for n in obj.names}
+        assert max(curves[obj.names[0]]) == step                 # it trained no further than the judged point
+        for n in obj.names:
+            assert r.data.metrics[n] == pytest.approx(curves[n][step])
+        assert r.data.metrics["cost/device_s"] > 0
+        # the rule on the logged curves: each earlier trial's first point at or past the rung
+        entries = {}
+        for o in runs[:order[r.data.tags["trial_id"]] + 1]:
+            pts = {n: _curve(c, o, n) for n in obj.names}
+            at = [s for s in sorted(pts[obj.names[0]]) if rung <= s < STEPS]
+            if at and (o in finished or o is r or int(o.data.tags["stopped_at_rung"]) >= rung):
+                entries[o.data.tags["trial_id"]] = tuple((-1 if m == "max" else 1) * pts[n][at[0]]
+                                                         for n, m in zip(obj.names, obj.modes))
+        assert len(entries) >= ETA and not survives(entries, r.data.tags["trial_id"], ETA), entries
+    for r in finished:
+        assert r.data.metrics["train_steps"] == STEPS and "stopped_at_rung" not in r.data.tags
+
+    # the trial after the stop ran on the one CPU; nothing is reserved or RUNNING
+    assert runs[3].info.status in ("FINISHED", "KILLED") and runs[3].info.start_time > runs[2].info.end_time
+    assert [s for s in sweep["groups"].values() if s != "REMOVED"] == [], sweep["groups"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+    # the parent run: one progress point per ended trial, the stopped trials' compute counted
+    parent = c.search_runs([summary["experiment_id"]], "tags.`smf_sweep.role` = 'sweep'")[0]
+    compute = sorted(c.get_metric_history(parent.info.run_id, "compute_s"), key=lambda m: m.step)
+    assert [m.step for m in compute] == [1, 2, 3, 4]
+    assert compute[-1].value == pytest.approx(sum(r.data.metrics["cost/device_s"] for r in runs))
