@@ -5,6 +5,7 @@ the medical task)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -105,3 +106,55 @@ def test_default_world_full_finetuning_learns_the_task(world, tmp_path):
         "data": {"task": src, "retrofit": src}, "threads": 2,
         "probes": [{"task": "medmcqa", "source": src, "limit": 0}]}, reporter=lambda m, c: None)
     assert final["after/medmcqa"] >= 0.60, final
+
+
+# ---- the default world: its calibration (issue 15; smf_sweep/calibrate.py) -------------------------
+CALIBRATION = Path(__file__).resolve().parent / "golden" / "world_calibration.json"
+
+
+def test_default_world_calibration_is_recorded_for_this_world():
+    """The repository's record is of the default world as the code builds it now: a changed
+    generator or config must be calibrated again (python -m smf_sweep.calibrate --record …)."""
+    from smf_sweep.world import WorldConfig
+    from smf_sweep.world.build import world_key
+
+    rec = json.loads(CALIBRATION.read_text())
+    assert rec["world_key"] == world_key(WorldConfig()), \
+        "the default world changed: python -m smf_sweep.calibrate --write --record tests/golden/world_calibration.json"
+
+
+@pytest.mark.parametrize("control", ["no_spill_over", "gradual_forgetting", "resolution", "build", "converged_base"])
+def test_default_world_passes_its_calibration_control(control):
+    """Each control as recorded for this world; one that fails is reported as such (xfail, with its
+    numbers), never hidden: the README says what it means for the study."""
+    cal = json.loads(CALIBRATION.read_text())["calibration"][control]
+    numbers = {k: v for k, v in cal.items() if k not in ("passed", "runs")}
+    if control == "converged_base" and not cal["passed"]:
+        pytest.xfail(f"converged base fails on this world (issue 15, open): {numbers}")
+    assert cal["passed"], numbers
+
+
+@pytest.mark.slow
+def test_default_world_controls_hold_on_this_machine(world, tmp_path):
+    """The record's cheap controls on the world this machine built: 800 validation questions and a
+    weak base (resolution), the build time, and no spill-over at the spec's lowest full-FT rate
+    (one trial, the smoke budget): the same numbers as the record's run, since the world and the
+    trial are deterministic."""
+    from smf_sweep.calibrate import resolution
+    from smf_sweep.data import load_medmcqa
+    from smf_sweep.spec import load_spec, resolve_world
+    from smf_sweep.trial import worker_config
+    from smf_sweep.worker import train_worker
+
+    info = json.loads((world / "world.json").read_text())
+    rec = json.loads(CALIBRATION.read_text())["calibration"]
+    assert resolution(len(load_medmcqa(f"world:{world}", "validation")), info["base_probes"]["medmcqa"])["passed"]
+    assert info["build_seconds"] <= 900
+    spec = resolve_world(load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml",
+                                   [f"storage={tmp_path}"]), progress=False)
+    lo = spec.methods["full"].search["lr"].low
+    final = train_worker(worker_config(spec, "full", {"lr": lo}, 0), reporter=lambda m, c: None)
+    got = 100 * (final["after/wikitext"] / info["base_probes"]["wikitext"] - 1)
+    want = next(r for r in rec["gradual_forgetting"]["runs"] if r["lr"] == lo)["wikitext/delta"]
+    assert got >= -3.0, f"WikiText fell {got:.1f} % at lr {lo}: the task spills over into the probe"
+    assert got == pytest.approx(want, abs=0.5), (got, want)
