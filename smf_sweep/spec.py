@@ -172,6 +172,7 @@ class Search:
 class Confirm:
     top: int = 0                       # re-run this many Pareto-optimal configs (0 = no confirm stage)
     seeds: list[int] = field(default_factory=lambda: [1, 2])
+    points: bool = False               # also re-run every study point (methods' `points`) with these seeds
 
 
 @dataclass
@@ -231,6 +232,8 @@ class Spec:
             d.pop("hypervolume")
         if self.curves == CurveConfig():
             d.pop("curves")
+        if not self.confirm.points:
+            d["confirm"].pop("points")
         if self.search.early_stopping is None:
             d["search"].pop("early_stopping")
         return d

@@ -414,7 +414,7 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
             run_config=tune_run_config(spec, spec.name, sweep / "tune", [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()
     summary = summarize(spec, grid, uri)
-    if spec.confirm.top and summary["front"]:
+    if (spec.confirm.top and summary["front"]) or (spec.confirm.points and points_of(spec)):
         summary["confirm"] = confirm(spec, summary["front"], trainable, logger, sweep, progress)
     return summary
 
@@ -422,15 +422,20 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
 def confirm_choice(spec: Spec, front: list[dict]) -> list[dict]:
     """The configs the confirm stage re-runs: the first `confirm.top` of the search's Pareto front
     (summarize's, i.e. Optuna's), ordered by the spec's first objective in its direction (ties: the
-    next objectives)."""
+    next objectives); then, with `confirm.points`, every study point not among them (as {"params": …}:
+    the seeds of a point give the equal-gain comparison its interval)."""
     from .objectives import Objectives
 
-    return sorted(front, key=Objectives.from_spec(spec).rank_key)[: spec.confirm.top]
+    best = sorted(front, key=Objectives.from_spec(spec).rank_key)[: spec.confirm.top]
+    if spec.confirm.points:
+        chosen = [r["params"] for r in best]
+        best += [{"params": p} for p in points_of(spec) if p not in chosen]
+    return best
 
 
 def confirm(spec: Spec, front: list[dict], trainable, logger, sweep: Path, progress: bool) -> dict:
     """Re-run the `confirm.top` Pareto-optimal configs (`confirm_choice`: best first objective
-    first) with each of `confirm.seeds`: a grid of fixed configs in a second Tune experiment
+    first), and with `confirm.points` every study point, with each of `confirm.seeds`: a grid of fixed configs in a second Tune experiment
     (resumable too), tagged stage=confirm in MLflow, so analysis can report mean ± std over seeds."""
     from ray import tune
 
