@@ -10,7 +10,12 @@ STAMP := .cache/install-$(shell (cat pyproject.toml; $(PYTHON) --version) | sha2
 
 .PHONY: install run test test-fast bench clean gpu-wheels
 
+# The stamp says this pyproject was installed; the check after it says the editable install is still
+# this checkout's (another checkout's `pip install -e` takes the package over: subprocess tests then
+# import that one, or none).
 install: $(STAMP)
+	@cd / && $(PYTHON) -c "import smf_sweep, sys; sys.exit(not smf_sweep.__file__.startswith('$(CURDIR)/'))" 2>/dev/null \
+		|| $(PIP) install -q --no-deps -e '$(CURDIR)'
 $(STAMP): pyproject.toml
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_CPU)
 	$(PIP) install -q -e '.[dev]'
