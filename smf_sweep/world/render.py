@@ -213,8 +213,9 @@ def medmcqa_splits(m: MedicalWorld, train_variants: int, val_variants: int,
                         free = [p for p in range(4) if p not in used]
                         if free and cop in used:
                             tgt = rng.choice(free)
-                            opts[cop], opts[tgt] = opts[tgt], opts[cop]
-                            cop = tgt
+                            if (frozenset(opts), tgt) not in seen:   # never onto a train item's options and
+                                opts[cop], opts[tgt] = opts[tgt], opts[cop]   # position (2 of 800 did; the
+                                cop = tgt                                     # draws stay the same either way)
                     subj, topic = SUBJECTS[attr]
                     q = MED_QUESTIONS[attr][j % 2].format(d=d)
                     splits[split].append({
