@@ -84,7 +84,7 @@ def general_texts(world: Path) -> list[str]:
     return _documents(lines) + [trivia_text(r) for r in trivia]
 
 
-def continue_on_general(cfg, texts: list[str], probes: list[dict], batch: int, steps: int) -> dict:
+def continue_on_general(cfg, texts: list[str], batch: int, steps: int) -> dict:
     """Full FT of the base model on `texts` for `steps` optimizer steps (the medical runs' budget) at
     the trial's TrainConfig and method config, through the one loop."""
     import torch
@@ -127,7 +127,6 @@ def main(argv: list[str] | None = None) -> int:
                          "world's in tests/golden/world_calibration.json)")
     args = ap.parse_args(argv)
 
-    from .objectives import Objectives  # noqa: F401  (probe directions are the base record's)
     from .spec import load_spec, resolve_world
     from .trial import _compute_base, probe_specs, worker_config
     from .worker import train_worker
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     general = []
     for lr in (lo, math.sqrt(lo * hi), hi):
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
-        after = continue_on_general(cfg, texts, specs, spec.probe_batch_size, steps)
+        after = continue_on_general(cfg, texts, spec.probe_batch_size, steps)
         row = {"lr": lr, "steps": after.pop("steps"), **_deltas(base, after)}
         general.append(row)
         print(f"general lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)

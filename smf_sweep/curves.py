@@ -48,11 +48,9 @@ class CurveConfig:
     kl_len: int = 128          # tokens per window
 
     def __post_init__(self):
-        for name, ok in (("every", self.every >= 0), ("limit", self.limit >= 1), ("kl_texts", self.kl_texts >= 0),
-                         ("kl_len", self.kl_len >= 2)):
-            if not ok:
-                raise ValueError(f"curves.{name}: must be >= {0 if name in ('every', 'kl_texts') else 2 if name == 'kl_len' else 1}, "
-                                 f"got {getattr(self, name)}")
+        for name, least in (("every", 0), ("limit", 1), ("kl_texts", 0), ("kl_len", 2)):
+            if getattr(self, name) < least:
+                raise ValueError(f"curves.{name}: must be >= {least}, got {getattr(self, name)}")
 
     @property
     def on(self) -> bool:
