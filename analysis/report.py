@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from analysis.fronts import nondominated, order_best_first
-from analysis.runs import Sweep, feasible
+from analysis.runs import Sweep, feasible, stopped_early
 from analysis.summary import (CONTROLS, METHOD_ORDER, SELECTOR_ORDER, aggregate, best, by_value,
                               ordered, within, with_retrofit_deltas)
 from smf_sweep.objectives import COST_S, FORGETTING, HYPERVOLUME, Objectives, task_label
@@ -38,6 +38,15 @@ def num(mean, std=math.nan, n: int = 1, scale: float = 1.0, digits: int = 1,
     if n > 1 and std is not None and math.isfinite(float(std)):
         s += f" ± {std * scale:.{digits}f}"
     return s
+
+
+def _reasons(bad: pd.DataFrame) -> list:
+    """Why each excluded trial is excluded: its failure reason, or where MO-ASHA stopped it."""
+    stopped = stopped_early(bad)
+    rung = bad.get("stopped_at_rung", pd.Series(index=bad.index, dtype=float))
+    step = bad.get("stopped_at_step", pd.Series(index=bad.index, dtype=float)).fillna(rung)
+    return [f"stopped early at rung {r:g} (step {st:g})" if s else f
+            for s, r, st, f in zip(stopped, rung, step, bad["failure_reason"])]
 
 
 def _text(v) -> str:
@@ -201,8 +210,7 @@ def markdown(sweep: Sweep, fin: pd.DataFrame, counts: dict, budget: float) -> st
     if len(bad):
         lines += _md_table(["trial", "method", "status", "reason", "MLflow run"],
                            [[t, _text(m), s, _text(r), f"`{rid}`"] for t, m, s, r, rid in
-                            zip(bad["trial_id"], bad["method"], bad["status"],
-                                bad["failure_reason"], bad["run_id"])])
+                            zip(bad["trial_id"], bad["method"], bad["status"], _reasons(bad), bad["run_id"])])
     else:
         lines.append("None.")
     smf = fin[fin["algorithm"] == "smf"]        # every SMF arm (the study's recipe, ours, zero_values)

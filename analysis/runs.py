@@ -125,6 +125,8 @@ def _row(run) -> dict:
         "trial_id": tags.get("trial_id") or run.info.run_name,
         "status": run.info.status,
         "failure_reason": tags.get(O.FAILURE_TAG),
+        "stopped_at_rung": _as_int(tags.get(O.STOPPED_AT_RUNG)),   # stopped early by scheduler.MOASHA (KILLED)
+        "stopped_at_step": _as_int(tags.get(O.STOPPED_AT_STEP)),
         "method": method,
         "algorithm": algorithm,
         "selector": selector,
@@ -294,6 +296,12 @@ def finished(df: pd.DataFrame, obj: Objectives | None = None) -> pd.DataFrame:
     return df[ok]
 
 
+def stopped_early(df: pd.DataFrame) -> pd.Series:
+    """Boolean Series: the trials scheduler.MOASHA stopped at a rung (KILLED, tag stopped_at_rung)."""
+    rung = df["stopped_at_rung"] if "stopped_at_rung" in df else pd.Series(np.nan, index=df.index)
+    return (df["status"] == "KILLED") & rung.notna()
+
+
 def feasible(df: pd.DataFrame, obj: Objectives | None = None) -> pd.Series:
     """Boolean Series: the rows where every constraint of the objectives holds (all of them when
     there are none; a missing constraint metric is not feasible)."""
@@ -303,12 +311,15 @@ def feasible(df: pd.DataFrame, obj: Objectives | None = None) -> pd.Series:
 
 
 def progress_of(df: pd.DataFrame, obj: Objectives) -> pd.DataFrame:
-    """The search's progress recomputed from its trial runs, in the order they ended (finished and
-    failed; objectives.Objectives.progress): what the sweep logs on its parent run."""
-    ended = df[df["status"].isin(["FINISHED", "FAILED"]) & (df["stage"].fillna("search") == "search")]
+    """The search's progress recomputed from its trial runs, in the order they ended (finished,
+    failed, and stopped early, whose compute counts and whose values do not, as no finished trial's;
+    objectives.Objectives.progress): what the sweep logs on its parent run."""
+    stopped = stopped_early(df)
+    ended = df[(df["status"].isin(["FINISHED", "FAILED"]) | stopped) & (df["stage"].fillna("search") == "search")]
     ended = ended.sort_values(["end_time", "start_time"], kind="stable")
     cols = [c for c in obj.recorded() if c in ended]
-    rows = [{k: float(v) for k, v in r.items() if pd.notna(v)} for r in ended[cols].to_dict("records")]
+    rows = [{k: float(v) for k, v in r.items() if pd.notna(v) and (not s or k in O.COSTS)}
+            for r, s in zip(ended[cols].to_dict("records"), stopped[ended.index])]
     return pd.DataFrame(obj.progress(rows), columns=PROGRESS)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fronts import nondominated, order_best_first
-from analysis.runs import feasible, probe_cols, retrofit_cols
+from analysis.runs import feasible, probe_cols, retrofit_cols, stopped_early
 from smf_sweep.objectives import Objectives
 
 METHOD_ORDER = ["smf", "lora", "full"]
@@ -36,11 +36,13 @@ def ordered(values, order: list) -> list:
 
 
 def status_counts(df: pd.DataFrame, fin: pd.DataFrame) -> dict:
-    """{"finished": used, "failed": n, ...}: every trial counted once."""
+    """{"finished": used, "failed": n, "stopped early": n, ...}: every trial counted once (a trial
+    scheduler.MOASHA stopped is "stopped early", not "killed")."""
     c = {"finished": len(fin)}
     rest = df.drop(index=fin.index)
-    for status, n in rest["status"].value_counts().items():
-        key = "finished without objectives" if status == "FINISHED" else str(status).lower()
+    status = rest["status"].where(~stopped_early(rest), "stopped early")
+    for s, n in status.value_counts().items():
+        key = "finished without objectives" if s == "FINISHED" else str(s).lower()
         c[key] = int(n)
     return c
 

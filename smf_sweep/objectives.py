@@ -61,6 +61,8 @@ PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"          # a run's description in the MLflow UI
 FAILURE_TAG = "failure_reason"
 STAGE_TAG = "stage"                       # search | confirm
+STOPPED_AT_RUNG = "stopped_at_rung"       # tag of a trial scheduler.MOASHA stopped: the rung's budget (steps)
+STOPPED_AT_STEP = "stopped_at_step"       # … and the step of the curve point it judged
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"   # custom_model_development: the UI opens on runs, not GenAI
 EXPERIMENT_PREFIX = "smf_sweep/"          # experiment name = smf_sweep/<sweep name>
 

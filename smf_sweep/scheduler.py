@@ -47,8 +47,8 @@ from . import objectives as O
 STEP = "curve/step"                # the curve point's optimizer step (curves.Curve)
 CURVE = "curve/"                   # curves.PREFIX: a point's metrics are curve/<name>
 EARLY_STOPPED = "early_stopped"    # 1 in the last result of a trial this scheduler stopped
-STOPPED_AT_RUNG = "stopped_at_rung"   # the rung's budget in optimizer steps (also the MLflow tag)
-STOPPED_AT_STEP = "stopped_at_step"   # the step of the point that was judged (>= the rung's budget)
+STOPPED_AT_RUNG = O.STOPPED_AT_RUNG   # the rung's budget in optimizer steps (also the MLflow tag)
+STOPPED_AT_STEP = O.STOPPED_AT_STEP   # the step of the point that was judged (>= the rung's budget)
 TIE_BREAKS = ("crowding",)
 
 

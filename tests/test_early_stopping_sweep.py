@@ -132,3 +132,47 @@ def test_a_dominated_trial_is_stopped_and_recorded_everywhere(sweep):
     compute = sorted(c.get_metric_history(parent.info.run_id, "compute_s"), key=lambda m: m.step)
     assert [m.step for m in compute] == [1, 2, 3, 4]
     assert compute[-1].value == pytest.approx(sum(r.data.metrics["cost/device_s"] for r in runs))
+
+
+def test_analysis_reads_stopped_trials_as_stopped_and_counts_their_compute(sweep):
+    """analysis: a stopped trial is "stopped early" (not "killed") with its rung, on no front, its
+    reason in table.md's excluded trials; the progress recomputed from the trial runs (what analysis
+    falls back to without the parent's) counts its compute as the sweep logged it."""
+    from analysis.report import _reasons
+    from analysis.runs import finished, load, progress_of, stopped_early
+    from analysis.source import resolve
+    from analysis.summary import status_counts
+
+    s = load(resolve(str(sweep["spec"].sweep_dir())))
+    df, obj = s.trials, s.objectives
+    stopped = stopped_early(df)
+    assert stopped.sum() == sweep["summary"]["stopped"] >= 1
+    fin = finished(df, obj)
+    assert not (stopped & df.index.isin(fin.index)).any()
+    counts = status_counts(df, fin)
+    assert counts["stopped early"] == stopped.sum() and "killed" not in counts, counts
+    for reason, rung in zip(_reasons(df[stopped]), df.loc[stopped, "stopped_at_rung"]):
+        assert reason.startswith(f"stopped early at rung {rung:g} (step "), reason
+    recomputed = progress_of(df, obj)
+    assert list(recomputed["compute_s"]) == pytest.approx(list(s.progress["compute_s"]))
+    assert list(recomputed["hypervolume"]) == pytest.approx(list(s.progress["hypervolume"]))
+
+
+def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
+    """analysis.compare on the real sweep (twice, as two groups): its per-sweep row counts the ended,
+    finished and stopped trials and the compute the sweep logged; equal sweeps have a ratio of 1.00;
+    each method's trials are listed by where they ended; the figure is written."""
+    from analysis.compare import main
+    from analysis.runs import load
+    from analysis.source import resolve
+
+    d = str(sweep["spec"].sweep_dir())
+    assert main([d, d, "--groups", "a,b", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "compare.md").read_text()
+    s, summary = load(resolve(d)), sweep["summary"]
+    minutes = s.progress["compute_s"].iloc[-1] / 60
+    row = f"| {sweep['spec'].name} | a | 4 | {summary['finished']} | {summary['stopped']} | {minutes:.1f} |"
+    assert row in text, text
+    assert "a ÷ b: **1.00×**" in text
+    assert f"| lora | {summary['finished']} finished, 1 stopped at step " in text or summary["stopped"] > 1, text
+    assert (tmp_path / "compare.png").stat().st_size > 10_000

@@ -1,0 +1,207 @@
+"""Sweeps side by side: hypervolume against trials and compute, the fronts found, and what early
+stopping (scheduler.MOASHA) did to each method. Made for issue 16's acceptance (the same search with
+and without early stopping, two search seeds each), usable for any sweeps with the same objectives.
+
+    python -m analysis.compare runs/es_on_s0 runs/es_on_s1 runs/es_off_s0 runs/es_off_s1 --out runs/es_compare
+    python -m analysis.compare A B --groups "early stopping,baseline"
+
+Writes into --out: compare.png (hypervolume by trials ended and by device-minutes, one line per sweep;
+every sweep's finished trials and front) and compare.md (per sweep and per group: trials, compute,
+final hypervolume, hypervolume per device-minute, the groups' ratio; each method's trials by where
+they ended; the fronts' best gains). A sweep's group is --groups', else "early stopping" when its
+spec (spec.json in the sweep dir) turned it on, else "no early stopping".
+Exit status: 0 written, 1 a sweep without hypervolume progress, 2 bad source / unreachable store.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from analysis.source import SourceError, resolve
+
+GROUP_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="sweep directories (each holds sweep.json)")
+    p.add_argument("--groups", default=None, metavar="G1,G2,...",
+                   help="one group name per SOURCE (default: by the sweep's early_stopping setting)")
+    p.add_argument("--out", type=Path, default=Path("compare_out"), help="output directory (default: ./compare_out)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="forgetting budget for each method's 'best gain within budget' (default 1.0)")
+    a = p.parse_args(argv)
+    if a.groups is not None:
+        a.groups = [g.strip() for g in a.groups.split(",")]
+        if len(a.groups) != len(a.sources):
+            p.error(f"--groups has {len(a.groups)} names for {len(a.sources)} sources")
+    return a
+
+
+def spec_of(sweep_dir: Path | None) -> dict:
+    """The sweep's frozen spec (spec.json), {} when the source is not a sweep dir or has none."""
+    f = sweep_dir / "spec.json" if sweep_dir else None
+    return json.loads(f.read_text()) if f and f.is_file() else {}
+
+
+def default_group(spec: dict) -> str:
+    return "early stopping" if (spec.get("search") or {}).get("early_stopping") else "no early stopping"
+
+
+def ended_by(df, stopped):
+    """Each trial's end as a label: 'finished', 'stopped at <rung>' or its status in lower case."""
+    out = df["status"].str.lower()
+    out[df["status"] == "FINISHED"] = "finished"
+    rungs = df.loc[stopped, "stopped_at_rung"].astype(int).astype(str)
+    out[stopped] = "stopped at step " + rungs
+    return out
+
+
+def per_sweep(name: str, group: str, sweep, budget: float) -> dict:
+    """One sweep's row: seed, trials ended, finished, stopped, compute, hypervolume, per-method ends."""
+    from analysis.fronts import nondominated
+    from analysis.runs import feasible, finished, stopped_early
+
+    df, obj, prog = sweep.trials, sweep.objectives, sweep.progress
+    search = df[df["stage"].fillna("search") == "search"]
+    stopped = stopped_early(search)
+    fin = finished(search, obj)
+    fin = fin[feasible(fin, obj)]
+    front = fin[nondominated(fin, obj.senses)] if len(fin) else fin
+    hv = float(prog["hypervolume"].dropna().iloc[-1]) if prog["hypervolume"].notna().any() else float("nan")
+    compute_min = float(prog["compute_s"].iloc[-1]) / 60.0 if len(prog) else float("nan")
+    gain, forget = obj.names[0], "forgetting" if "forgetting" in fin else obj.names[1]
+    best = {m: (float(g[g[forget] <= budget][gain].max()) if (g[forget] <= budget).any() else float("nan"))
+            for m, g in fin.groupby("method")}
+    return {"sweep": name, "group": group, "experiment": sweep.experiment_name,
+            "ended": len(prog), "finished": len(fin), "stopped": int(stopped.sum()),
+            "compute_min": compute_min, "hypervolume": hv, "hv_per_min": hv / compute_min if compute_min else float("nan"),
+            "ends": ended_by(search, stopped).groupby(search["method"]).value_counts().to_dict(),
+            "front_methods": sorted(front["method"].unique()), "best_in_budget": best,
+            "progress": prog, "finished_trials": fin, "front": front, "gain": gain, "forget": forget}
+
+
+def _mean_spread(xs) -> str:
+    import numpy as np
+
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return "—"
+    return f"{np.mean(xs):.4g} ({min(xs):.4g}–{max(xs):.4g})" if len(xs) > 1 else f"{xs[0]:.4g}"
+
+
+def table(rows: list[dict], budget: float) -> str:
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    lines = ["# Sweeps compared", "", "## Per sweep", "",
+             "| sweep | group | trials ended | finished | stopped early | compute (device-min) | hypervolume |"
+             " hypervolume per device-min | methods on the front |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['sweep']} | {r['group']} | {r['ended']} | {r['finished']} | {r['stopped']} | "
+                     f"{r['compute_min']:.1f} | {r['hypervolume']:.4g} | {r['hv_per_min']:.4g} | "
+                     f"{', '.join(r['front_methods'])} |")
+    lines += ["", "## Per group (mean, min–max over its sweeps)", "",
+              "| group | sweeps | compute (device-min) | hypervolume | hypervolume per device-min |", "|---|---|---|---|---|"]
+    per_min = {}
+    for g in groups:
+        rs = [r for r in rows if r["group"] == g]
+        per_min[g] = [r["hv_per_min"] for r in rs]
+        lines.append(f"| {g} | {len(rs)} | {_mean_spread([r['compute_min'] for r in rs])} | "
+                     f"{_mean_spread([r['hypervolume'] for r in rs])} | {_mean_spread(per_min[g])} |")
+    if len(groups) >= 2:
+        import numpy as np
+
+        a, b = groups[0], groups[1]
+        ratio = np.mean(per_min[a]) / np.mean(per_min[b])
+        lines += ["", f"Hypervolume per device-minute, {a} ÷ {b}: **{ratio:.2f}×** (ratio of the groups' means)."]
+    lines += ["", "## How each method's trials ended", "",
+              "| sweep | method | " + " | ".join(["ended"]) + " |", "|---|---|---|"]
+    for r in rows:
+        by_method: dict = {}
+        for (m, end), n in sorted(r["ends"].items()):
+            by_method.setdefault(m, []).append(f"{n} {end}")
+        for m, ends in by_method.items():
+            lines.append(f"| {r['sweep']} | {m} | {', '.join(ends)} |")
+    methods = sorted({m for r in rows for m in r["best_in_budget"]})
+    lines += ["", f"## Best gain with forgetting ≤ {budget:g}, per method (finished trials)", "",
+              "| sweep | group | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for r in rows:
+        vals = [r["best_in_budget"].get(m, float("nan")) for m in methods]
+        lines.append(f"| {r['sweep']} | {r['group']} | " + " | ".join("—" if v != v else f"{v:+.1f}" for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5), dpi=100)
+    seen: dict = {}
+    for r in rows:
+        gi = groups.index(r["group"])
+        k = seen[r["group"]] = seen.get(r["group"], -1) + 1
+        style = dict(color=GROUP_COLORS[gi % len(GROUP_COLORS)], ls=LINESTYLES[k % len(LINESTYLES)], lw=1.8)
+        p = r["progress"]
+        label = f"{r['sweep']} ({r['group']})"
+        axes[0].step(p["trials"], p["hypervolume"], where="post", label=label, **style)
+        axes[1].step(p["compute_s"] / 60.0, p["hypervolume"], where="post", label=label, **style)
+        fin, front = r["finished_trials"], r["front"].sort_values(r["forget"])
+        axes[2].scatter(fin[r["forget"]], fin[r["gain"]], s=14, color=style["color"], alpha=0.5)
+        axes[2].step(front[r["forget"]], front[r["gain"]], where="post", label=label, **style)
+    axes[0].set_xlabel("search trials ended")
+    axes[1].set_xlabel("compute (device-minutes: wall × CPUs or GPUs)")
+    for ax in axes[:2]:
+        ax.set_ylabel("hypervolume of the front")
+    axes[2].set_xlabel("forgetting  ← better")
+    axes[2].set_ylabel("MedMCQA gain (pp)  better →")
+    axes[2].set_title("finished trials and each sweep's front")
+    for ax in axes:
+        ax.grid(alpha=0.25)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        sources = [resolve(s) for s in args.sources]
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    from analysis.runs import load
+
+    rows = []
+    for i, (name, src) in enumerate(zip(args.sources, sources)):
+        try:
+            sweep = load(src)
+        except SourceError as e:
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return 2
+        if sweep.progress.empty:
+            print(f"error: {name}: no hypervolume progress (no ended search trial)", file=sys.stderr)
+            return 1
+        group = args.groups[i] if args.groups else default_group(spec_of(src.sweep_dir))
+        rows.append(per_sweep(Path(name).name, group, sweep, args.budget))
+    args.out.mkdir(parents=True, exist_ok=True)
+    text = table(rows, args.budget)
+    (args.out / "compare.md").write_text(text)
+    figure(rows, args.out / "compare.png")
+    print(text)
+    print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Issue 16's acceptance: the same search (search_spaces/early_stopping.yaml, 12 trials) with MO-ASHA on
+# and off, search seeds 0 and 1, run one after another (on then off, per seed, so slow drift of a shared
+# machine hits both), then compared: hypervolume per device-minute and the fronts found.
+#   bash bench/early_stopping.sh [OUT_ROOT]        # about 50 minutes on 2 cores; not part of CI
+set -euo pipefail
+root=${1:-runs}
+for seed in 0 1; do
+  for arm in on off; do
+    extra=()
+    [ "$arm" = off ] && extra=(--set search.early_stopping=null)
+    echo "== es_${arm}_s${seed} $(date -u +%H:%M:%S)"
+    /usr/bin/time -f "es_${arm}_s${seed}: %e s wall" python -m smf_sweep.tune search_spaces/early_stopping.yaml \
+      --storage "$root" --set "name=es_${arm}_s${seed}" --set "search.seed=${seed}" "${extra[@]}" --quiet --json | tail -1
+  done
+done
+python -m analysis.compare "$root"/es_on_s0 "$root"/es_on_s1 "$root"/es_off_s0 "$root"/es_off_s1 --out "$root/es_compare"
