@@ -19,6 +19,12 @@ run (issue 14). JSON lines (a benchmark, not a test; ~3 min on 2 cores with the 
    and its KV cache shared by the four options (`share_prefix`, the default) against one full pass
    per option (the path before), with the largest per-option log-likelihood difference and whether
    every decision is the same.
+8. `loss_chunk`: the loss of one micro-batch at Qwen2.5-0.5B's head (hidden 896, vocabulary
+   151,936; a one-layer decoder below it) on 1 × 1024 tokens, HF's loss over the whole logits
+   (`train.loss_chunk: 0`, the study's) against the chunked loss (lm_loss.py) at 1024 and 4096
+   targets a chunk: peak memory above the start of the forward (RSS sampled every 2 ms, each
+   variant in a fresh process) and forward + backward time, and HF's logits bytes at the study's
+   4 × 1024 tokens.
 """
 from __future__ import annotations
 
@@ -200,12 +206,77 @@ def bench_medmcqa_prefix(world: Path, tok) -> None:
              same_decisions=[x["pred"] for x in r[False].items] == [y["pred"] for y in r[True].items])
 
 
+def _loss_child(chunk: int, tokens: int, threads: int, q) -> None:
+    """In a fresh process: peak RSS above the start (bytes, sampled) and seconds of one forward +
+    backward of lm_loss at Qwen2.5-0.5B's head on `tokens` tokens; median of 2 after a warm-up."""
+    import os
+    import threading
+
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from smf_sweep.lm_loss import lm_loss
+
+    torch.set_num_threads(threads)
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page  # noqa: E731
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=1,
+                      num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg)
+    ids = torch.randint(0, 151936, (1, tokens))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def once() -> float:
+        model.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        lm_loss(model, batch, chunk).backward()
+        return time.perf_counter() - t
+
+    once()                                          # warm-up; leaves .grad allocated as every step does
+    peak, stop = [0], threading.Event()
+    start = rss()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss() - start)
+            time.sleep(0.002)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    ts = sorted(once() for _ in range(2))
+    stop.set()
+    th.join()
+    q.put({"peak_bytes": peak[0], "seconds": ts[0]})
+
+
+def bench_loss_chunk(threads: int, tokens: int = 1024) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = {}
+    for chunk in (0, 4096, 1024):
+        q = ctx.Queue()
+        p = ctx.Process(target=_loss_child, args=(chunk, tokens, threads, q))
+        p.start()
+        out[chunk] = q.get()
+        p.join()
+    base = out[0]
+    for chunk in (4096, 1024):
+        r = out[chunk]
+        emit(case="loss_chunk", tokens=tokens, vocab=151936, chunk=chunk, hf_peak_mb=round(base["peak_bytes"] / 2**20),
+             chunked_peak_mb=round(r["peak_bytes"] / 2**20),
+             memory_ratio=round(base["peak_bytes"] / max(r["peak_bytes"], 1), 2),
+             hf_s=round(base["seconds"], 3), chunked_s=round(r["seconds"], 3),
+             time_ratio=round(r["seconds"] / base["seconds"], 3),
+             study_hf_logits_mb=round(4 * 1024 * 151936 * 4 / 2**20))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps timed per order (default 12)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="padding step tokenise host_syncs checkpoint probes medmcqa_prefix (default: all)")
+                    help="padding step tokenise host_syncs checkpoint probes medmcqa_prefix loss_chunk (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     world = build_world(WorldConfig(), progress=False)
@@ -213,7 +284,8 @@ def main() -> None:
     cases = {"padding": lambda: bench_padding(world, tok), "step": lambda: bench_step(world, tok, args.steps),
              "tokenise": lambda: bench_tokenise(world, tok), "host_syncs": lambda: bench_host_syncs(world),
              "checkpoint": lambda: bench_checkpoint(world), "probes": lambda: bench_probes(world, tok),
-             "medmcqa_prefix": lambda: bench_medmcqa_prefix(world, tok)}
+             "medmcqa_prefix": lambda: bench_medmcqa_prefix(world, tok),
+             "loss_chunk": lambda: bench_loss_chunk(args.threads)}
     for name, fn in cases.items():
         if args.only is None or name in args.only:
             fn()

@@ -10,7 +10,7 @@ contract, which methods build on (methods/*.py) and the world's pretraining uses
 
 The loop only ever calls a Setup's pieces, in this order, per optimizer step:
 
-    for each micro-batch:  loss = setup.model(**batch).loss
+    for each micro-batch:  loss = lm_loss(setup.model, batch, train.loss_chunk)
                            setup.hooks.after_forward(batch)        # SMF: count accesses, select rows
                            setup.stepper.backward(loss, n_micro)
                            setup.stepper.micro_step(boundary)      # DeepSpeed counts micro-steps
@@ -54,6 +54,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"   # precision.py: fp32, or bf16 = bf16 autocast over fp32
                                       # weights (GPU: HF Trainer's bf16); auto: the spec resolves it once
                                       # (bf16 if any method uses GPUs)
+    loss_chunk: int = 0               # [ours] > 0: the LM head + cross-entropy over this many targets at a time,
+                                      # never the whole (B, T, V) logits (lm_loss.py); 0: HF's loss, as the study
     checkpoint_every: int = 0         # optimizer steps between checkpoints; 0 = never
     log_every: int = 10               # optimizer steps between metric reports
     train_limit: int | None = None    # QWEN: 60k single-choice rows after a shuffle with the trial's seed (None = all)
@@ -68,6 +70,7 @@ class TrainConfig:
                   (self.max_len >= 8, "max_len must be >= 8"),
                   (self.warmup_steps >= 0, "warmup_steps must be >= 0"), (self.log_every >= 1, "log_every must be >= 1"),
                   (self.checkpoint_every >= 0, "checkpoint_every must be >= 0 (0 = never)"),
+                  (self.loss_chunk >= 0, "loss_chunk must be >= 0 (0 = HF's loss over the whole logits)"),
                   (self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 or null")]
         for ok, msg in checks:
             if not ok:

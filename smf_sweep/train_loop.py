@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from .batching import Batcher
 from .cache import get_or_create
+from .lm_loss import lm_loss
 from .precision import autocast
 from .stage import Setup, Stage, TrainConfig, Training
 
@@ -94,7 +95,7 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
         for m in range(accum):
             batch = {k: v.to(device, non_blocking=True) for k, v in batcher.micro_batch(step * accum + m).items()}
             with autocast(device, cfg.precision):
-                loss = model(**batch).loss
+                loss = lm_loss(model, batch, cfg.loss_chunk)             # (), mean over the targets
             hooks.after_forward(batch)
             stepper.backward(loss, accum)
             stepper.micro_step(m == accum - 1)
