@@ -8,9 +8,13 @@ toward any method). Every training run is full finetuning at the spec's training
 `full` arm, the smoke budget) through the real trial path (worker.train_worker) or, for the general
 corpus, the same method and loop on that corpus; probes are the spec's, on every question:
 
-- converged base: continuing to train on the general corpus itself (the world's WikiText train
-  articles and its trivia in their pretraining wording) changes WikiText perplexity by ≤ 3 % and
-  TriviaQA by ≤ 2 pp, at each rate of the spec's full-FT range;
+- converged base: continuing the base model's own pretraining — its whole general mixture, packed
+  in its windows, fresh copy texts each epoch, as the world was built — for the medical runs' steps
+  at the trial's batch, method and settings changes WikiText perplexity by ≤ 3 % and TriviaQA by
+  ≤ 2 pp, at each rate of the spec's full-FT range;
+- format shift (recorded, not a pass/fail control): the same budget on part of that corpus in the
+  trials' format instead (WikiText train articles and the trivia lines, one padded example each from
+  position 0): how much of any trial's "forgetting" a change of text format alone makes;
 - no spill-over: training on the medical task lowers WikiText perplexity by ≤ 3 % at each rate;
 - gradual forgetting: over lr 1e-5 … 1e-3 forgetting grows with the rate on both probes (a drop of
   more than the tolerance between consecutive rates is a violation: 2 pp TriviaQA, 3 % perplexity),
@@ -74,7 +78,7 @@ def _deltas(base: dict, after: dict) -> dict:
 
 
 def general_texts(world: Path) -> list[str]:
-    """The general corpus as pretraining saw it: WikiText train articles and the trivia lines."""
+    """Part of the general corpus in its pretraining wording: WikiText train articles and the trivia lines."""
     from .data import load_wikitext
     from .world.build import _documents
     from .world.render import trivia_text
@@ -84,13 +88,33 @@ def general_texts(world: Path) -> list[str]:
     return _documents(lines) + [trivia_text(r) for r in trivia]
 
 
-def continue_on_general(cfg, texts: list[str], batch: int, steps: int) -> dict:
-    """Full FT of the base model on `texts` for `steps` optimizer steps (the medical runs' budget) at
-    the trial's TrainConfig and method config, through the one loop."""
+def pretraining_batches(world: Path, tokenizer, micro_batch_size: int, seed: int):
+    """The world's own pretraining stream (world.pretrain.PackedBatcher over its whole mixture, with
+    fresh copy texts every epoch), micro-batches of `micro_batch_size` windows, in a new seeded order."""
+    import random
+    import tempfile
+
+    from .world import render
+    from .world.build import write_data
+    from .world.config import WorldConfig
+    from .world.pretrain import PackedBatcher
+
+    wcfg = WorldConfig(**json.loads((world / "world.json").read_text())["config"])
+    with tempfile.TemporaryDirectory() as d:
+        docs = write_data(wcfg, Path(d))["pretrain_docs"]          # deterministic: the build's documents
+    cfg = wcfg.replace(batch_size=micro_batch_size, seed=wcfg.seed + 1000 + seed)
+    encode = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+    fresh = lambda e: render.copy_texts(random.Random(cfg.seed * 7919 + e), wcfg.copy_texts)  # noqa: E731
+    return PackedBatcher([encode(d) for d in docs], encode, cfg, fresh)
+
+
+def continue_training(cfg, batches, batch: int, steps: int) -> dict:
+    """Full FT of the base model on `batches` (a Batcher, or a function of the tokenizer that makes
+    one) for `steps` optimizer steps (the medical runs' budget) at the trial's TrainConfig and method
+    config, through the one loop; then the spec's probes."""
     import torch
     from transformers import set_seed
 
-    from .batching import Batcher, text_examples
     from .methods import METHODS, SetupContext
     from .methods.base import prepared
     from .models import load_model, load_tokenizer
@@ -101,16 +125,19 @@ def continue_on_general(cfg, texts: list[str], batch: int, steps: int) -> dict:
     t = cfg.train
     tok = load_tokenizer(cfg.model)
     model = load_model(cfg.model, dtype="float32", device=torch.device("cpu"))
-    b = Batcher(text_examples(texts), tok, micro_batch_size=t.micro_batch_size, max_len=t.max_len,
-                effective_batch=t.effective_batch, order=t.batch_order, seed=cfg.seed)
-    total = steps
-    ctx = SetupContext(tokenizer=tok, train=t, total_steps=total, device=torch.device("cpu"), seed=cfg.seed,
+    b = batches(tok) if callable(batches) else batches
+    ctx = SetupContext(tokenizer=tok, train=t, total_steps=steps, device=torch.device("cpu"), seed=cfg.seed,
                        data=asdict(cfg.data))
     setup = prepared(METHODS[cfg.method], model, cfg.method_cfg, ctx)
-    run_stage(setup, b, t, lambda m, c: None, total_steps=total)
+    run_stage(setup, b, t, lambda m, c: None, total_steps=steps)
     out = probe_results(setup.export(), tok, list(cfg.probes), batch, t.precision)
     setup.hooks.close()
-    return {k: v for k, v in out.items() if "." not in k} | {"steps": total}
+    return {k: v for k, v in out.items() if "." not in k} | {"steps": steps}
+
+
+def format_shift(rows: list[dict]) -> dict:
+    return {"informational": True, "max_wikitext_delta_pct": max(r["wikitext/delta"] for r in rows),
+            "max_triviaqa_drop_pp": max(-r["triviaqa/delta"] for r in rows), "runs": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--record", type=Path, default=None, metavar="JSON",
                     help="also write them, with the world's key, to this file (the repository keeps the default "
                          "world's in tests/golden/world_calibration.json)")
+    ap.add_argument("--reuse-medical", action="store_true",
+                    help="keep the medical-task runs (no_spill_over, gradual_forgetting) recorded in world.json for "
+                         "these settings and run the general-corpus controls only (after a change to those alone)")
     args = ap.parse_args(argv)
 
     from .spec import load_spec, resolve_world
@@ -144,7 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     params = dict(full.points[0]) if full.points else {}
 
     medical, steps = [], 0
-    for lr in lrs:
+    previous = json.loads((world / "world.json").read_text()).get("calibration") or {}
+    if args.reuse_medical:
+        how = previous.get("how") or {}
+        same = {"spec": args.spec, "overrides": args.set, "arm": args.arm, "seed": args.seed, "medical_lrs": lrs}
+        differ = [k for k, v in same.items() if how.get(k) != v]
+        if "gradual_forgetting" not in previous or differ:
+            print(f"error: --reuse-medical: world.json records no medical runs for these settings"
+                  f" ({', '.join(differ) or 'none recorded'} differ): run without it", file=sys.stderr)
+            return 2
+        medical = previous["gradual_forgetting"]["runs"]
+        from .tune import PlannedSteps
+        steps = PlannedSteps(spec)({"method": args.arm, **params, "lr": lo, "seed": args.seed})
+        print(f"medical runs: reused from world.json ({len(medical)} rates); {steps} steps a run", flush=True)
+    for lr in ([] if args.reuse_medical else lrs):
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
         final = train_worker(replace(cfg, cache_dir=None))
         steps = final["train_steps"]
@@ -153,34 +196,44 @@ def main(argv: list[str] | None = None) -> int:
         medical.append(row)
         print(f"medical lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
 
-    texts = general_texts(world)
-    general = []
+    from .batching import Batcher, text_examples
+
+    general, shifted = [], []
     for lr in (lo, math.sqrt(lo * hi), hi):
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
-        after = continue_on_general(cfg, texts, spec.probe_batch_size, steps)
-        row = {"lr": lr, "steps": after.pop("steps"), **_deltas(base, after)}
-        general.append(row)
-        print(f"general lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
+        t = cfg.train
+        runs = {"pretraining": (general, lambda tok: pretraining_batches(world, tok, t.micro_batch_size, args.seed)),
+                "format shift": (shifted, lambda tok: Batcher(text_examples(general_texts(world)), tok,
+                                                              micro_batch_size=t.micro_batch_size, max_len=t.max_len,
+                                                              effective_batch=t.effective_batch, order=t.batch_order,
+                                                              seed=cfg.seed))}
+        for name, (rows, batches) in runs.items():
+            after = continue_training(cfg, batches, spec.probe_batch_size, steps)
+            row = {"lr": lr, "steps": after.pop("steps"), **_deltas(base, after)}
+            rows.append(row)
+            print(f"{name} lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
 
     info = json.loads((world / "world.json").read_text())
     from .data import load_medmcqa
     n_val = len(load_medmcqa(f"world:{world}", "validation"))          # single-choice rows: what the probe scores
     cal = {
         "converged_base": converged(general),
+        "format_shift": format_shift(shifted),
         "no_spill_over": spill_over(medical, (lo, hi)),
         "gradual_forgetting": gradual(medical),
         "resolution": resolution(n_val, base["medmcqa"]),
         "build": {"passed": info["build_seconds"] <= 900, "build_seconds": info["build_seconds"]},
         "how": {"command": "python -m smf_sweep.calibrate " + " ".join(sys.argv[1:] if argv is None else argv),
                 "spec": args.spec, "overrides": args.set, "arm": args.arm, "seed": args.seed, "medical_lrs": lrs,
+                **({"medical_runs_from": (previous.get("how") or {}).get("command")} if args.reuse_medical else {}),
                 "base": {t: base[t] for t in ("medmcqa", "triviaqa", "wikitext")},
                 "seconds": round(time.perf_counter() - t0, 1)},
     }
     for name, c in cal.items():
         if name != "how":
-            print(f"{'PASS' if c['passed'] else 'FAIL'}  {name}: " +
+            print(f"{'info' if c.get('informational') else 'PASS' if c['passed'] else 'FAIL'}  {name}: " +
                   ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in c.items()
-                            if k not in ("passed", "runs")))
+                            if k not in ("passed", "runs", "informational")))
     if args.write:
         info["calibration"] = cal
         (world / "world.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -188,7 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.record:
         args.record.write_text(json.dumps({"world_key": info["key"], "calibration": cal}, indent=1) + "\n")
         print(f"recorded in {args.record}")
-    return 0 if all(c["passed"] for k, c in cal.items() if k != "how") else 1
+    return 0 if all(c["passed"] for c in controls(cal).values()) else 1
+
+
+def controls(cal: dict) -> dict:
+    """The pass/fail controls of a calibration record (not `how`, not the informational entries)."""
+    return {k: c for k, c in cal.items() if k != "how" and not c.get("informational")}
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_converged_base_bounds_both_probes_both_ways():
 def test_calibrate_runs_on_a_tiny_world_and_records_its_controls(tmp_path, monkeypatch, capsys):
     """The command end to end: controls on a world of TINY's sizes (its model learns nothing, so
     the numbers mean nothing; the record's shape and place do)."""
-    from smf_sweep.calibrate import main
+    from smf_sweep.calibrate import controls, main
     from smf_sweep.world import TINY
     from smf_sweep.world.build import content_hash
 
@@ -65,10 +65,13 @@ def test_calibrate_runs_on_a_tiny_world_and_records_its_controls(tmp_path, monke
     (world,) = (tmp_path / "cache" / "worlds").glob("world-*[!k]")
     info = json.loads((world / "world.json").read_text())
     cal = info["calibration"]
-    assert set(cal) == {"converged_base", "no_spill_over", "gradual_forgetting", "resolution", "build", "how"}
-    assert rc == (0 if all(c["passed"] for k, c in cal.items() if k != "how") else 1)
+    assert set(cal) == {"converged_base", "format_shift", "no_spill_over", "gradual_forgetting", "resolution", "build",
+                        "how"}
+    assert set(controls(cal)) == set(cal) - {"format_shift", "how"} and cal["format_shift"]["informational"]
+    assert rc == (0 if all(c["passed"] for c in controls(cal).values()) else 1)
     assert [r["lr"] for r in cal["gradual_forgetting"]["runs"]] == [5e-5, 1e-4, 1e-3]     # --lrs ∪ the spec's range ends
-    assert len(cal["converged_base"]["runs"]) == 3 and cal["how"]["overrides"] == sets
+    assert len(cal["converged_base"]["runs"]) == 3 and len(cal["format_shift"]["runs"]) == 3
+    assert cal["how"]["overrides"] == sets
     assert content_hash(world) == info["content_hash"], "the record stays outside the world's content"
     for name in ("converged_base", "no_spill_over", "gradual_forgetting", "resolution", "build"):
         assert name in out
