@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Issue 16's acceptance: the same search (search_spaces/early_stopping.yaml, 12 trials) with MO-ASHA on
+# Issue 16's acceptance: the same search (search_spaces/early_stopping.yaml, 10 trials) with MO-ASHA on
 # and off, search seeds 0 and 1, run one after another (on then off, per seed, so slow drift of a shared
 # machine hits both), then compared: hypervolume per device-minute and the fronts found.
-#   bash bench/early_stopping.sh [OUT_ROOT]        # about 50 minutes on 2 cores; not part of CI
+#   bash bench/early_stopping.sh [OUT_ROOT]        # about an hour on 2 cores; not part of CI
 set -euo pipefail
 root=${1:-runs}
 for seed in 0 1; do
