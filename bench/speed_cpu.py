@@ -20,8 +20,8 @@ run (issue 14). JSON lines (a benchmark, not a test; ~3 min on 2 cores with the 
    per option (the path before), with the largest per-option log-likelihood difference and whether
    every decision is the same.
 8. `loss_chunk`: the loss of one micro-batch at Qwen2.5-0.5B's head (hidden 896, vocabulary
-   151,936; a one-layer decoder below it) on 1 × 1024 tokens, HF's loss over the whole logits
-   (`train.loss_chunk: 0`, the study's) against the chunked loss (lm_loss.py) at 1024 and 4096
+   151,936; a one-layer decoder below it) on 2 × 1024 tokens, HF's loss over the whole logits
+   (`train.loss_chunk: 0`, the study's) against the chunked loss (lm_loss.py) at 512 and 256
    targets a chunk: peak memory above the start of the forward (RSS sampled every 2 ms, each
    variant in a fresh process) and forward + backward time, and HF's logits bytes at the study's
    4 × 1024 tokens.
@@ -223,7 +223,7 @@ def _loss_child(chunk: int, tokens: int, threads: int, q) -> None:
     cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=1,
                       num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True)
     model = Qwen2ForCausalLM(cfg)
-    ids = torch.randint(0, 151936, (1, tokens))
+    ids = torch.randint(0, 151936, (tokens // 1024, 1024))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
     def once() -> float:
@@ -249,19 +249,19 @@ def _loss_child(chunk: int, tokens: int, threads: int, q) -> None:
     q.put({"peak_bytes": peak[0], "seconds": ts[0]})
 
 
-def bench_loss_chunk(threads: int, tokens: int = 1024) -> None:
+def bench_loss_chunk(threads: int, tokens: int = 2048) -> None:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     out = {}
-    for chunk in (0, 4096, 1024):
+    for chunk in (0, 512, 256):
         q = ctx.Queue()
         p = ctx.Process(target=_loss_child, args=(chunk, tokens, threads, q))
         p.start()
         out[chunk] = q.get()
         p.join()
     base = out[0]
-    for chunk in (4096, 1024):
+    for chunk in (512, 256):
         r = out[chunk]
         emit(case="loss_chunk", tokens=tokens, vocab=151936, chunk=chunk, hf_peak_mb=round(base["peak_bytes"] / 2**20),
              chunked_peak_mb=round(r["peak_bytes"] / 2**20),

@@ -261,3 +261,21 @@ def test_empty_sources(store, tmp_path, monkeypatch, capsys):
 def test_help():
     r = cli("--help")
     assert r.returncode == 0 and "SOURCE" in r.stdout and "--budget" in r.stdout
+
+
+def test_compare_help_and_bad_sources(tmp_path, capsys):
+    """analysis.compare: --help; a missing sweep dir is exit 2 with a one-line error; --groups must
+    name every source (argparse's error). Its tables on real sweeps: test_early_stopping_sweep.py."""
+    from analysis.compare import main
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-m", "analysis.compare", "--help"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "SOURCE" in r.stdout and "--groups" in r.stdout
+    assert main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "nope" in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), str(tmp_path), "--groups", "one"])
+    assert not (tmp_path / "o").exists()
