@@ -25,6 +25,9 @@ run (issue 14). JSON lines (a benchmark, not a test; ~3 min on 2 cores with the 
    targets a chunk: peak memory above the start of the forward (RSS sampled every 2 ms, each
    variant in a fresh process) and forward + backward time, and HF's logits bytes at the study's
    4 × 1024 tokens.
+9. `compile`: one fp32 AdamW step (forward, backward, update) of the world model on fixed (8, 256)
+   batches, eager against `torch.compile(model)` (inductor), after two warm-up steps (the compile),
+   and the compile's seconds: whether torch.compile pays here (it is not in the loop unless it does).
 """
 from __future__ import annotations
 
@@ -271,12 +274,32 @@ def bench_loss_chunk(threads: int, tokens: int = 2048) -> None:
              study_hf_logits_mb=round(4 * 1024 * 151936 * 4 / 2**20))
 
 
+def bench_compile(world: Path, steps: int) -> None:
+    ids = torch.randint(0, 2000, (steps + 2, 8, 256), generator=torch.Generator().manual_seed(0))   # (n, B, T)
+    out = {}
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(0)
+        model = load_model(world / "model", dtype="float32", device="cpu").train()
+        run = torch.compile(model) if mode == "compiled" else model
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        stamps = [time.perf_counter()]
+        for x in ids:
+            run(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            stamps.append(time.perf_counter())
+        out[mode] = {"warmup_s": stamps[2] - stamps[0], "ms": 1e3 * (stamps[-1] - stamps[2]) / steps}
+    emit(case="compile", batch=[8, 256], steps=steps, eager_ms=round(out["eager"]["ms"], 1),
+         compiled_ms=round(out["compiled"]["ms"], 1), speedup_x=round(out["eager"]["ms"] / out["compiled"]["ms"], 2),
+         compile_s=round(out["compiled"]["warmup_s"] - out["eager"]["warmup_s"], 1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps timed per order (default 12)")
     ap.add_argument("--only", nargs="*", default=None,
-                    help="padding step tokenise host_syncs checkpoint probes medmcqa_prefix loss_chunk (default: all)")
+                    help="padding step tokenise host_syncs checkpoint probes medmcqa_prefix loss_chunk compile (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     world = build_world(WorldConfig(), progress=False)
@@ -285,7 +308,7 @@ def main() -> None:
              "tokenise": lambda: bench_tokenise(world, tok), "host_syncs": lambda: bench_host_syncs(world),
              "checkpoint": lambda: bench_checkpoint(world), "probes": lambda: bench_probes(world, tok),
              "medmcqa_prefix": lambda: bench_medmcqa_prefix(world, tok),
-             "loss_chunk": lambda: bench_loss_chunk(args.threads)}
+             "loss_chunk": lambda: bench_loss_chunk(args.threads), "compile": lambda: bench_compile(world, args.steps)}
     for name, fn in cases.items():
         if args.only is None or name in args.only:
             fn()
