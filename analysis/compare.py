@@ -34,8 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--groups", default=None, metavar="G1,G2,...",
                    help="one group name per SOURCE (default: by the sweep's early_stopping setting)")
     p.add_argument("--out", type=Path, default=Path("compare_out"), help="output directory (default: ./compare_out)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="forgetting budget for each method's 'best gain within budget' (default 1.0)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="forgetting budget for each method's 'best gain within budget' (default: the first "
+                        "sweep's hypervolume reference for forgetting, else 1.0)")
     a = p.parse_args(argv)
     if a.groups is not None:
         a.groups = [g.strip() for g in a.groups.split(",")]
@@ -63,7 +64,7 @@ def ended_by(df, stopped):
     return out
 
 
-def per_sweep(name: str, group: str, sweep, budget: float) -> dict:
+def per_sweep(name: str, group: str, sweep, budget: float, seed=None) -> dict:
     """One sweep's row: seed, trials ended, finished, stopped, compute, hypervolume, per-method ends."""
     from analysis.fronts import nondominated
     from analysis.runs import feasible, finished, stopped_early
@@ -79,12 +80,13 @@ def per_sweep(name: str, group: str, sweep, budget: float) -> dict:
     gain, forget = obj.names[0], "forgetting" if "forgetting" in fin else obj.names[1]
     best = {m: (float(g[g[forget] <= budget][gain].max()) if (g[forget] <= budget).any() else float("nan"))
             for m, g in fin.groupby("method")}
-    return {"sweep": name, "group": group, "experiment": sweep.experiment_name,
+    return {"sweep": name, "group": group, "experiment": sweep.experiment_name, "seed": seed,
             "ended": len(prog), "finished": len(fin), "stopped": int(stopped.sum()),
             "compute_min": compute_min, "hypervolume": hv, "hv_per_min": hv / compute_min if compute_min else float("nan"),
             "ends": ended_by(search, stopped).groupby(search["method"]).value_counts().to_dict(),
             "front_methods": sorted(front["method"].unique()), "best_in_budget": best,
-            "progress": prog, "finished_trials": fin, "front": front, "gain": gain, "forget": forget}
+            "progress": prog, "finished_trials": fin, "front": front, "gain": gain, "forget": forget,
+            "stopped_trials": search[stopped]}
 
 
 def _mean_spread(xs) -> str:
@@ -128,6 +130,22 @@ def table(rows: list[dict], budget: float) -> str:
             by_method.setdefault(m, []).append(f"{n} {end}")
         for m, ends in by_method.items():
             lines.append(f"| {r['sweep']} | {m} | {', '.join(ends)} |")
+    lines += ["", "## Stopped trials whose configuration another sweep ran to the end", "",
+              "Sweeps of one search seed (spec.json's search.seed) try the same configurations while the"
+              " sampler is random (TPE's first 10 trials): a stopped trial that the other sweep finished on"
+              " its front is a front point early stopping lost (inside the hypervolume's reference or not).", "",
+              "| stopped in | finished in | stopped trials | of them finished there | on its front there |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        for o in rows:
+            if o is r or o["group"] == r["group"] or not len(r["stopped_trials"]) or r["seed"] != o["seed"]:
+                continue
+            keys = r["stopped_trials"]["config_key"]
+            ran = keys[keys.isin(o["finished_trials"]["config_key"])]
+            lost = r["stopped_trials"][keys.isin(o["front"]["config_key"])]
+            lost_txt = ", ".join(f"{m} {c} (stopped at step {int(g)})" for m, c, g in
+                                 zip(lost["method"], lost["config"], lost["stopped_at_rung"])) or "none"
+            lines.append(f"| {r['sweep']} | {o['sweep']} | {len(keys)} | {len(ran)} | {len(lost)}: {lost_txt} |")
     methods = sorted({m for r in rows for m in r["best_in_budget"]})
     lines += ["", f"## Best gain with forgetting ≤ {budget:g}, per method (finished trials)", "",
               "| sweep | group | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
@@ -192,8 +210,12 @@ def main(argv=None) -> int:
         if sweep.progress.empty:
             print(f"error: {name}: no hypervolume progress (no ended search trial)", file=sys.stderr)
             return 1
-        group = args.groups[i] if args.groups else default_group(spec_of(src.sweep_dir))
-        rows.append(per_sweep(Path(name).name, group, sweep, args.budget))
+        spec = spec_of(src.sweep_dir)
+        group = args.groups[i] if args.groups else default_group(spec)
+        if args.budget is None:                 # the damage the sweep's hypervolume counts up to
+            ref = dict(sweep.objectives.reference).get("forgetting")
+            args.budget = float(ref) if ref is not None else 1.0
+        rows.append(per_sweep(Path(name).name, group, sweep, args.budget, (spec.get("search") or {}).get("seed")))
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(rows, args.budget)
     (args.out / "compare.md").write_text(text)
