@@ -1,0 +1,122 @@
+"""What MO-ASHA would have stopped: its rule (smf_sweep.scheduler) replayed on a finished sweep's curves.
+
+    python -m analysis.replay_rungs runs/world_study --grace 40 --eta 3
+    python -m analysis.replay_rungs runs/world_study --grace 20 --eta 3 --csv replay.csv
+
+Before turning `search.early_stopping` on, check a rung schedule on a sweep that ran without it: the
+finished trials arrive at each rung in the order they started (the sweep's own order, as Tune starts
+them) and each is judged with the rule the scheduler applies (scheduler.survives: non-dominated sorting
+of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋). Prints, per
+method (SMF per selector), how many trials would stop at each rung and how many of those are on the
+sweep's final front (finished trials, full probes): the front points this schedule would have lost;
+then the front's hypervolume with every trial against with the trials the replay lets finish, and
+the optimizer steps the replay would have run (a stopped trial runs to its rung) as a share of all.
+A trial's point at a rung is its first curve point at or after the rung's step.
+Exit status: 0 printed, 1 no finished trial with curves, 2 bad source.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from analysis.source import SourceError, resolve
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m analysis.replay_rungs", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("source", metavar="SOURCE", help="a sweep directory (holds sweep.json)")
+    p.add_argument("--grace", type=int, required=True, help="the first rung, optimizer steps")
+    p.add_argument("--eta", type=float, default=3.0, help="rung growth and the kept share 1/η (default 3)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="the hypervolume's forgetting reference (default: the sweep's own reference point)")
+    p.add_argument("--csv", default=None, help="also write one row per trial (where it would stop) to this file")
+    return p.parse_args(argv)
+
+
+def replay(points, trials, obj, grace: int, eta: float):
+    """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}."""
+    from smf_sweep.scheduler import budgets, survives
+
+    senses = [1.0 if m == "min" else -1.0 for m in obj.modes]
+    last = int(points["step"].max())
+    rungs = budgets(grace, eta, last - 1)                     # a rung at the last step judges nothing
+    seen: dict[int, dict[str, tuple]] = {b: {} for b in rungs}
+    out = {}
+    for rid in trials["run_id"]:
+        pts = points[points["run_id"] == rid].sort_values("step")
+        out[rid] = None
+        for b in rungs:
+            at = pts[pts["step"] >= b].head(1)
+            if at.empty or at[list(obj.names)].isna().any(axis=None):
+                break
+            seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
+            if not survives(seen[b], rid, eta):
+                out[rid] = b
+                break
+    return rungs, out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        src = resolve(args.source)
+    except SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    from analysis import curves
+    from analysis.fronts import nondominated
+    from analysis.runs import feasible, finished, load
+
+    sweep = load(src)
+    obj = sweep.objectives
+    fin = finished(sweep.trials, obj).sort_values("start_time", kind="stable")
+    points = curves.load(sweep.tracking_uri, fin, obj)
+    fin = fin[fin["run_id"].isin(points["run_id"])]
+    if fin.empty:
+        print("error: no finished trial with curves", file=sys.stderr)
+        return 1
+    rungs, stop = replay(points, fin, obj, args.grace, args.eta)
+    ok = fin[feasible(fin, obj)]
+    front = set(ok[nondominated(ok, obj.senses)]["run_id"])
+    fin = fin.assign(arm=[m if not isinstance(s, str) else f"{m} {s}" for m, s in zip(fin["method"], fin["selector"])],
+                     stopped_at=[stop[r] for r in fin["run_id"]], on_front=fin["run_id"].isin(front))
+    print(f"{sweep.experiment_name}: {len(fin)} finished trials with curves, replayed in start order; "
+          f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g})")
+    head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped"]
+    rows = []
+    for arm, g in fin.groupby("arm", sort=True):
+        stops = [int((g["stopped_at"] == b).sum()) for b in rungs]
+        rows.append([arm, len(g), *stops, int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
+                     int((g["on_front"] & g["stopped_at"].notna()).sum())])
+    rows.append(["all", len(fin), *[int((fin["stopped_at"] == b).sum()) for b in rungs],
+                 int(fin["stopped_at"].isna().sum()), int(fin["on_front"].sum()),
+                 int((fin["on_front"] & fin["stopped_at"].notna()).sum())])
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(map(str, r)) + " |")
+    import dataclasses
+
+    ref = obj if args.budget is None else dataclasses.replace(
+        obj, reference=tuple((n, obj.default_reference(n, args.budget)) for n in obj.names))
+    rows_all = fin.to_dict("records")
+    kept = [r for r in rows_all if r["stopped_at"] is None or r["stopped_at"] != r["stopped_at"]]
+    total = int(points["step"].max())
+    steps = sum(total if r["stopped_at"] is None or r["stopped_at"] != r["stopped_at"] else r["stopped_at"]
+                for r in rows_all)
+    hv_all, hv_kept = ref.hypervolume(rows_all), ref.hypervolume(kept)
+    refs = ", ".join(f"{n} {v:g}" for n, v in ref.reference if v is not None)
+    print(f"hypervolume (reference {refs}): {hv_all:.4g} with all {len(rows_all)} trials, {hv_kept:.4g} with the "
+          f"{len(kept)} the replay lets finish ({hv_kept / hv_all:.0%} of it) at {steps / (total * len(rows_all)):.0%}"
+          f" of the optimizer steps" if hv_all else f"hypervolume (reference {refs}): 0 with every trial")
+    if args.csv:
+        cols = ["trial_id", "arm", "config", "seed", "stopped_at", "on_front", *obj.names]
+        pd.DataFrame(fin[cols]).to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""analysis.replay_rungs: MO-ASHA's rule replayed on logged curves, trials arriving in start order."""
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis.replay_rungs import replay
+from smf_sweep.objectives import Objectives
+
+
+def _points(curves: dict[str, list[tuple[int, float, float]]]) -> pd.DataFrame:
+    return pd.DataFrame([{"run_id": r, "step": s, "medmcqa_gain_pp": g, "forgetting": f}
+                         for r, pts in curves.items() for s, g, f in pts])
+
+
+def test_a_trial_dominated_at_a_rung_stops_there_and_the_first_arrivals_continue():
+    # rungs 4 and 8 of 12 steps (grace 4, η 2); c is dominated by a and b at step 4, d only at step 8
+    curves = {"a": [(0, 0, 0), (4, 5, 1), (8, 8, 2), (12, 9, 2)],
+              "b": [(0, 0, 0), (4, 4, 0.5), (8, 7, 1), (12, 8, 1)],
+              "c": [(0, 0, 0), (4, 1, 5), (8, 2, 6), (12, 3, 7)],
+              "d": [(0, 0, 0), (5, 6, 0.4), (8, 1, 9), (12, 2, 9)]}
+    trials = pd.DataFrame({"run_id": list(curves)})
+    rungs, stop = replay(_points(curves), trials, Objectives(), grace=4, eta=2)
+    assert rungs == [4, 8]
+    # a alone at rung 4 (< η entries): continues; b: 2 entries, keep 1, b is not dominated (crowding ties: inf) → continues
+    assert stop["a"] is None and stop["b"] is None
+    assert stop["c"] == 4                       # dominated by a and b at rung 4
+    assert stop["d"] == 8                       # first point at or after step 4 is step 5 (not dominated); at 8 it is
