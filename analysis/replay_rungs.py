@@ -102,10 +102,9 @@ def main(argv=None) -> int:
     ref = obj if args.budget is None else dataclasses.replace(
         obj, reference=tuple((n, obj.default_reference(n, args.budget)) for n in obj.names))
     rows_all = fin.to_dict("records")
-    kept = [r for r in rows_all if r["stopped_at"] is None or r["stopped_at"] != r["stopped_at"]]
+    kept = [r for r in rows_all if pd.isna(r["stopped_at"])]
     total = int(points["step"].max())
-    steps = sum(total if r["stopped_at"] is None or r["stopped_at"] != r["stopped_at"] else r["stopped_at"]
-                for r in rows_all)
+    steps = sum(total if pd.isna(r["stopped_at"]) else r["stopped_at"] for r in rows_all)
     hv_all, hv_kept = ref.hypervolume(rows_all), ref.hypervolume(kept)
     refs = ", ".join(f"{n} {v:g}" for n, v in ref.reference if v is not None)
     print(f"hypervolume (reference {refs}): {hv_all:.4g} with all {len(rows_all)} trials, {hv_kept:.4g} with the "

@@ -29,6 +29,7 @@ world's content hash), with the command, seeds and rates that produced it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -88,20 +89,28 @@ def general_texts(world: Path) -> list[str]:
     return _documents(lines) + [trivia_text(r) for r in trivia]
 
 
+@functools.lru_cache(maxsize=1)
+def _pretraining_docs(wcfg) -> tuple[str, ...]:
+    """The build's pretraining documents (deterministic), generated once per world config."""
+    import tempfile
+
+    from .world.build import write_data
+
+    with tempfile.TemporaryDirectory() as d:
+        return tuple(write_data(wcfg, Path(d))["pretrain_docs"])
+
+
 def pretraining_batches(world: Path, tokenizer, micro_batch_size: int, seed: int):
     """The world's own pretraining stream (world.pretrain.PackedBatcher over its whole mixture, with
     fresh copy texts every epoch), micro-batches of `micro_batch_size` windows, in a new seeded order."""
     import random
-    import tempfile
 
     from .world import render
-    from .world.build import write_data
     from .world.config import WorldConfig
     from .world.pretrain import PackedBatcher
 
     wcfg = WorldConfig(**json.loads((world / "world.json").read_text())["config"])
-    with tempfile.TemporaryDirectory() as d:
-        docs = write_data(wcfg, Path(d))["pretrain_docs"]          # deterministic: the build's documents
+    docs = _pretraining_docs(wcfg)
     cfg = wcfg.replace(batch_size=micro_batch_size, seed=wcfg.seed + 1000 + seed)
     encode = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
     fresh = lambda e: render.copy_texts(random.Random(cfg.seed * 7919 + e), wcfg.copy_texts)  # noqa: E731
@@ -198,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from .batching import Batcher, text_examples
 
-    general, shifted = [], []
+    general, shifted, texts = [], [], general_texts(world)
     for lr in (lo, math.sqrt(lo * hi), hi):
         cfg = worker_config(spec, args.arm, {**params, "lr": lr}, args.seed)
         t = cfg.train
         runs = {"pretraining": (general, lambda tok: pretraining_batches(world, tok, t.micro_batch_size, args.seed)),
-                "format shift": (shifted, lambda tok: Batcher(text_examples(general_texts(world)), tok,
+                "format shift": (shifted, lambda tok: Batcher(text_examples(texts), tok,
                                                               micro_batch_size=t.micro_batch_size, max_len=t.max_len,
                                                               effective_batch=t.effective_batch, order=t.batch_order,
                                                               seed=cfg.seed))}
