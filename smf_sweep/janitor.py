@@ -9,8 +9,9 @@ later trial can start (seen in tests/test_cluster_sweep.py). Two ways out:
 - a trial can die before any report reaches Tune, so every `interval_s` the janitor also looks at
   the created groups: a group once seen holding live actors that then stays empty for `grace_s` is
   an orphan and goes. Groups never seen in use (Tune's staged trial groups, a run whose workers are
-  still starting) are left alone. This needs Ray's state API (the dashboard); without it only the
-  first way works;
+  still starting) are left alone. This needs Ray's state API (the dashboard), asked at this driver's
+  own cluster (with no address it refuses when a machine runs two Ray instances); after
+  `MAX_STATE_ERRORS` failed sweeps in a row (no dashboard) only the first way works;
 - a group whose node died is RESCHEDULING: Ray 2.60's GCS retries it in a loop with no back-off
   while the surviving nodes' resources are taken (tens of millions of attempts, two busy cores'
   worth of GCS and dashboard agent, seen in tests/test_cluster_sweep.py), and once it fits it holds
@@ -24,6 +25,9 @@ import time
 
 from ray.tune import Callback
 
+MAX_STATE_ERRORS = 3   # failed state-API sweeps in a row before the janitor stops sweeping (a timeout on a
+                       # loaded head is not the end; a cluster without a dashboard is)
+
 
 class PlacementGroupJanitor(Callback):
     def __init__(self, grace_s: float | None = None, interval_s: float = 15.0, lost_grace_s: float = 5.0):
@@ -35,6 +39,7 @@ class PlacementGroupJanitor(Callback):
         self.empty_since: dict[str, float] = {}   # group id -> when it was first seen empty after that
         self.last_sweep = 0.0
         self.state_api = True
+        self.state_errors: list[str] = []         # the failed sweeps in a row, as "Type: message"
 
     # -- trials that end ----------------------------------------------------------------------------
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -67,14 +72,18 @@ class PlacementGroupJanitor(Callback):
         self.sweep_empty(now)
 
     def sweep_empty(self, now: float) -> list[str]:
+        import ray
         from ray.util.placement_group import placement_group_table
         from ray.util.state import list_actors
 
         try:
-            alive = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000, raise_on_missing_output=False)
-        except Exception:                     # no dashboard (a local ray.init without it): skip for good
-            self.state_api = False
+            alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                                detail=True, limit=10_000, raise_on_missing_output=False)
+        except Exception as e:                # no dashboard (a local ray.init without it), or a timeout
+            self.state_errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+            self.state_api = len(self.state_errors) < MAX_STATE_ERRORS
             return []
+        self.state_errors.clear()
         used = {a.placement_group_id for a in alive if a.placement_group_id}
         table, removed = placement_group_table(), []
         lost = {gid for gid, e in table.items() if e.get("state") == "RESCHEDULING"}

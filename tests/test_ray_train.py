@@ -135,3 +135,51 @@ def test_janitor_removes_groups_left_empty(ray_local):
     assert table[busy.id.hex()]["state"] == "CREATED" and table[staged.id.hex()]["state"] == "CREATED"
     ray.kill(actors[busy.id.hex()])
     remove_placement_group(busy), remove_placement_group(staged)
+
+
+def test_janitor_asks_its_own_cluster_when_the_machine_runs_two(ray_local):
+    """With no address the state API refuses when a second Ray instance runs on the machine ("Found
+    multiple active Ray instances"); the janitor then stopped sweeping for good and a lost node's
+    group was never removed. It asks the driver's own cluster, so a second instance changes nothing."""
+    import subprocess
+    import sys
+    import time
+
+    from smf_sweep.janitor import PlacementGroupJanitor
+
+    other = subprocess.Popen([sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=0, include_dashboard=False,"
+                              " log_to_driver=False); print('up', flush=True); time.sleep(600)"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        j = PlacementGroupJanitor(grace_s=1.0)
+        j.sweep_empty(time.monotonic())
+        assert j.state_api and j.state_errors == []
+    finally:
+        other.kill()
+        other.wait(30)
+
+
+def test_janitor_stops_sweeping_only_after_errors_in_a_row(ray_local, monkeypatch):
+    """One state-API timeout on a loaded head is not the end of sweeping (it was: the first error
+    turned the janitor off); MAX_STATE_ERRORS in a row (no dashboard) are, and say why."""
+    import time
+
+    import ray.util.state
+
+    from smf_sweep.janitor import MAX_STATE_ERRORS, PlacementGroupJanitor
+
+    j, real = PlacementGroupJanitor(), ray.util.state.list_actors
+
+    def timeout(*a, **kw):
+        raise TimeoutError("the state API did not answer in 30 s")
+
+    monkeypatch.setattr(ray.util.state, "list_actors", timeout)
+    assert j.sweep_empty(time.monotonic()) == [] and j.state_api
+    monkeypatch.setattr(ray.util.state, "list_actors", real)
+    j.sweep_empty(time.monotonic())
+    assert j.state_api and j.state_errors == []                      # the next sweep answered: count reset
+    monkeypatch.setattr(ray.util.state, "list_actors", timeout)
+    for _ in range(MAX_STATE_ERRORS):
+        j.sweep_empty(time.monotonic())
+    assert not j.state_api and j.state_errors == ["TimeoutError: the state API did not answer in 30 s"] * MAX_STATE_ERRORS
