@@ -2,11 +2,13 @@
 
     python -m analysis.replay_rungs runs/world_study --grace 40 --eta 3
     python -m analysis.replay_rungs runs/world_study --grace 20 --eta 3 --csv replay.csv
+    python -m analysis.replay_rungs runs/es_off_s1 --grace 40 --epsilon medmcqa_gain_pp=6,forgetting=3
 
 Before turning `search.early_stopping` on, check a rung schedule on a sweep that ran without it: the
 finished trials arrive at each rung in the order they started (the sweep's own order, as Tune starts
 them) and each is judged with the rule the scheduler applies (scheduler.survives: non-dominated sorting
-of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋). Prints, per
+of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋; with --epsilon, the
+noise margins of search.early_stopping.epsilon). Prints, per
 method (SMF per selector), how many trials would stop at each rung and how many of those are on the
 sweep's final front (finished trials, full probes): the front points this schedule would have lost;
 then the front's hypervolume with every trial against with the trials the replay lets finish, and
@@ -28,15 +30,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("source", metavar="SOURCE", help="a sweep directory (holds sweep.json)")
     p.add_argument("--grace", type=int, required=True, help="the first rung, optimizer steps")
     p.add_argument("--eta", type=float, default=3.0, help="rung growth and the kept share 1/η (default 3)")
+    p.add_argument("--epsilon", type=_margins, default={}, metavar="NAME=MARGIN,...",
+                   help="noise margins per objective, as search.early_stopping.epsilon (default: none, MO-ASHA exactly)")
     p.add_argument("--budget", type=float, default=None,
                    help="the hypervolume's forgetting reference (default: the sweep's own reference point)")
     p.add_argument("--csv", default=None, help="also write one row per trial (where it would stop) to this file")
     return p.parse_args(argv)
 
 
-def replay(points, trials, obj, grace: int, eta: float):
+def _margins(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"NAME=MARGIN, got {part!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"NAME=MARGIN, got {part!r}")
+    return out
+
+
+def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float] | None = None):
     """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}."""
+    from smf_sweep.objectives import margins
     from smf_sweep.scheduler import budgets, survives
+
+    eps = margins(obj.names, epsilon)
 
     senses = [1.0 if m == "min" else -1.0 for m in obj.modes]
     last = int(points["step"].max())
@@ -51,7 +71,7 @@ def replay(points, trials, obj, grace: int, eta: float):
             if at.empty or at[list(obj.names)].isna().any(axis=None):
                 break
             seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
-            if not survives(seen[b], rid, eta):
+            if not survives(seen[b], rid, eta, eps):
                 out[rid] = b
                 break
     return rungs, out
@@ -78,13 +98,18 @@ def main(argv=None) -> int:
     if fin.empty:
         print("error: no finished trial with curves", file=sys.stderr)
         return 1
-    rungs, stop = replay(points, fin, obj, args.grace, args.eta)
+    try:
+        rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon)
+    except ValueError as e:
+        print(f"error: --epsilon: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+        return 2
     ok = fin[feasible(fin, obj)]
     front = set(ok[nondominated(ok, obj.senses)]["run_id"])
     fin = fin.assign(arm=[m if not isinstance(s, str) else f"{m} {s}" for m, s in zip(fin["method"], fin["selector"])],
                      stopped_at=[stop[r] for r in fin["run_id"]], on_front=fin["run_id"].isin(front))
     print(f"{sweep.experiment_name}: {len(fin)} finished trials with curves, replayed in start order; "
-          f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g})")
+          f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g}"
+          + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + ")")
     head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped"]
     rows = []
     for arm, g in fin.groupby("arm", sort=True):

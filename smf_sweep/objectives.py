@@ -694,3 +694,19 @@ def _declared(task: str, variant: str) -> Probe:
 
     cls = PROBES[f"{task}:{variant}"]
     return Probe(bool(cls.higher_is_better), str(cls.metric))
+
+
+def margins(names: Sequence[str], epsilon: Mapping[str, float] | None) -> tuple[float, ...] | None:
+    """Early stopping's noise margins (scheduler.py): {objective: margin} → a margin per objective in
+    `names`' order (0 where not given); None when `epsilon` is empty (MO-ASHA exactly). Unknown names
+    and negative or non-finite margins raise."""
+    if not epsilon:
+        return None
+    unknown = sorted(set(epsilon) - set(names))
+    if unknown:
+        raise ValueError(f"early_stopping.epsilon: {', '.join(unknown)} is not an objective ({', '.join(names)})")
+    bad = {n: v for n, v in epsilon.items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise ValueError(f"early_stopping.epsilon: margins must be finite numbers >= 0, got {bad}")
+    return tuple(float(epsilon.get(n, 0.0)) for n in names)

@@ -22,6 +22,14 @@ seen so far, never wait for a rung to fill):
    CONTINUEs when fewer than k trials rank strictly before it (a better front, or the same front and a
    strictly larger crowding distance: a tie continues, as ASHA's `reward < cutoff` stops only the
    strictly worse); else STOP.
+
+Noise (a named deviation, off by default): curve points are scored on small item subsets (64
+MedMCQA questions: one question is 1.6 pp, a binomial standard error about 6 pp), so early rungs
+rank noise. With `epsilon` ({objective: margin}, in the objective's units), a point dominates another
+only when it is no worse in every objective and better by more than the margin in one (a strict
+partial order, so the fronts stay well defined), and a trial on the rung's first front under that
+relation always continues: only trials dominated beyond the noise can stop, and of those only the
+ones outside the best max(1, ⌊n/η⌋).
 Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
 not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).
 
@@ -65,16 +73,19 @@ def budgets(grace: int, eta: float, upto: int) -> list[int]:
         k += 1
 
 
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """a dominates b (every objective minimised): no worse anywhere, better somewhere."""
-    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+def dominates(a: Sequence[float], b: Sequence[float], eps: Sequence[float] | None = None) -> bool:
+    """a dominates b (every objective minimised): no worse anywhere, better somewhere; with `eps`
+    (a margin per objective, >= 0), better by more than its margin somewhere."""
+    eps = eps or (0.0,) * len(a)
+    return all(x <= y for x, y in zip(a, b)) and any(x < y - e for x, y, e in zip(a, b, eps))
 
 
-def fronts(points: Sequence[Sequence[float]]) -> list[int]:
-    """Non-dominated sorting: each point's front (0 = non-dominated), every objective minimised."""
+def fronts(points: Sequence[Sequence[float]], eps: Sequence[float] | None = None) -> list[int]:
+    """Non-dominated sorting: each point's front (0 = non-dominated), every objective minimised;
+    `eps`: dominance beyond those margins (dominates)."""
     rank, left, r = [0] * len(points), set(range(len(points))), 0
     while left:
-        front = {i for i in left if not any(dominates(points[j], points[i]) for j in left if j != i)}
+        front = {i for i in left if not any(dominates(points[j], points[i], eps) for j in left if j != i)}
         for i in front:
             rank[i] = r
         left -= front
@@ -102,9 +113,9 @@ def crowding(points: Sequence[Sequence[float]]) -> list[float]:
     return [dist[tuple(p)] for p in points]
 
 
-def priorities(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
+def priorities(points: Sequence[Sequence[float]], eps: Sequence[float] | None = None) -> list[tuple[int, float]]:
     """(front, −crowding distance within the front) of each point: smaller is better."""
-    rank = fronts(points)
+    rank = fronts(points, eps)
     out = [(0, 0.0)] * len(points)
     for r in set(rank):
         idx = [i for i in range(len(points)) if rank[i] == r]
@@ -113,16 +124,20 @@ def priorities(points: Sequence[Sequence[float]]) -> list[tuple[int, float]]:
     return out
 
 
-def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float) -> bool:
+def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float,
+             eps: Sequence[float] | None = None) -> bool:
     """Whether `trial`, recorded at a rung with `entries` ({trial: objectives, minimised}, itself
     included), continues: fewer than η entries, or fewer than max(1, ⌊n/η⌋) entries rank strictly
-    before it (priorities: front, then crowding distance)."""
+    before it (priorities: front, then crowding distance). With `eps` (margins per objective), the
+    fronts are dominance beyond the margins and a trial on the first front always continues."""
     n = len(entries)
     if n < eta:
         return True
     keep = max(1, math.floor(n / eta + 1e-9))
     ids = list(entries)
-    prio = dict(zip(ids, priorities([tuple(entries[i]) for i in ids])))
+    prio = dict(zip(ids, priorities([tuple(entries[i]) for i in ids], eps)))
+    if eps is not None and prio[trial][0] == 0:
+        return True
     return sum(prio[i] < prio[trial] for i in ids if i != trial) < keep
 
 
@@ -138,7 +153,7 @@ class MOASHA(FIFOScheduler):
     _supports_buffered_results = False      # decide on every curve point, never on a batch of them
 
     def __init__(self, objectives: "O.Objectives", *, grace: int, eta: float = 3, tie_break: str = "crowding",
-                 total_steps: Callable[[dict], int | None] | None = None,
+                 epsilon: Mapping[str, float] | None = None, total_steps: Callable[[dict], int | None] | None = None,
                  cost: Callable[[dict, float, float | None], dict] | None = None):
         if not (isinstance(grace, int) and grace >= 1):
             raise ValueError(f"early_stopping.grace: an integer >= 1 (optimizer steps), got {grace!r}")
@@ -149,6 +164,7 @@ class MOASHA(FIFOScheduler):
         costs = [n for n in objectives.names if n in O.COSTS]
         if costs:
             raise ValueError(f"early stopping judges the curve's points, which have no {', '.join(costs)}")
+        self.eps = O.margins(objectives.names, epsilon)
         super().__init__()
         self.obj, self.grace, self.eta, self.tie_break = objectives, grace, float(eta), tie_break
         self.total_steps, self.cost = total_steps, cost
@@ -207,7 +223,7 @@ class MOASHA(FIFOScheduler):
         entries = self.rungs.setdefault(rung, {})
         entries[tid] = vec
         self.judged[tid] = rung
-        if survives(entries, tid, self.eta):
+        if survives(entries, tid, self.eta, self.eps):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)
         return TrialScheduler.STOP
@@ -257,4 +273,5 @@ class MOASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{b}: {len(e)}" for b, e in sorted(self.rungs.items())) or "none yet"
-        return f"MO-ASHA (grace {self.grace}, η {self.eta:g}, {self.tie_break}): trials per rung {rungs}"
+        noise = "" if self.eps is None else ", ε " + "/".join(f"{e:g}" for e in self.eps)
+        return f"MO-ASHA (grace {self.grace}, η {self.eta:g}, {self.tie_break}{noise}): trials per rung {rungs}"

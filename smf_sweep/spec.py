@@ -141,6 +141,9 @@ class EarlyStopping:
     grace: int = 8                     # the first rung, in optimizer steps (no trial stops before it)
     eta: float = 3.0                   # rungs grow ×η; a rung keeps its best max(1, ⌊n/η⌋) of n (n < η: all)
     tie_break: Literal["crowding"] = "crowding"   # inside the cut-off front: larger crowding distance first
+    epsilon: dict[str, float] = field(default_factory=dict)   # {objective: margin}: dominance beyond the
+                                       # curve points' noise, and a trial on that first front continues
+                                       # (scheduler.py; a deviation from MO-ASHA, off when empty)
     optuna: Literal["pruned", "complete", "fail"] = "pruned"   # what Optuna is told of a stopped trial:
                                        # pruned (TPE ranks it below every complete trial; on no front),
                                        # complete (its values at the rung: TPE and best_trials see them), fail (ignored)
@@ -151,6 +154,8 @@ class EarlyStopping:
             raise ValueError(f"grace: an integer >= 1 (optimizer steps), got {self.grace!r}")
         if not (self.eta > 1 and math.isfinite(self.eta)):
             raise ValueError(f"eta: must be a number > 1, got {self.eta!r}")
+        if not isinstance(self.epsilon, dict):
+            raise ValueError(f"epsilon: a mapping {{objective: margin}}, got {self.epsilon!r}")
 
 
 @dataclass
@@ -236,6 +241,8 @@ class Spec:
             d["confirm"].pop("points")
         if self.search.early_stopping is None:
             d["search"].pop("early_stopping")
+        elif not self.search.early_stopping.epsilon:
+            d["search"]["early_stopping"].pop("epsilon")
         return d
 
 
@@ -529,6 +536,10 @@ def validate(spec: Spec) -> None:
         costs = [n for n in obj.names if n in O.COSTS]
         if costs:
             raise _err("search.early_stopping", f"the curve's points have no cost, an objective here ({', '.join(costs)})")
+        try:
+            O.margins(obj.names, es.epsilon)
+        except ValueError as e:
+            raise _err("search.early_stopping.epsilon", str(e).split(": ", 1)[1]) from None
     if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
                                           or s.driver_resource in ("CPU", "GPU", "memory", "object_store_memory")):
         raise _err("search.driver_resource", f"a custom Ray resource name (e.g. smf_driver) or null, got {s.driver_resource!r}")

@@ -25,3 +25,29 @@ def test_a_trial_dominated_at_a_rung_stops_there_and_the_first_arrivals_continue
     assert stop["a"] is None and stop["b"] is None
     assert stop["c"] == 4                       # dominated by a and b at rung 4
     assert stop["d"] == 8                       # first point at or after step 4 is step 5 (not dominated); at 8 it is
+
+
+def test_noise_margins_let_a_trial_within_them_continue():
+    """--epsilon (search.early_stopping.epsilon): c loses to a by 1 pp of gain and 0.5 of forgetting at
+    rung 4, inside the margins, so it continues; beyond them it stops as before."""
+    curves = {"a": [(0, 0, 0), (4, 5, 1), (8, 8, 2)],
+              "b": [(0, 0, 0), (4, 4, 0.5), (8, 7, 1)],
+              "c": [(0, 0, 0), (4, 4, 1.5), (8, 6, 2)]}
+    trials = pd.DataFrame({"run_id": list(curves)})
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2)[1]["c"] == 4
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2,
+                  epsilon={"medmcqa_gain_pp": 2, "forgetting": 1})[1]["c"] is None
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, epsilon={"forgetting": 0.4})[1]["c"] == 4
+
+
+def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys):
+    import pytest
+
+    from analysis.replay_rungs import main, parse_args
+
+    assert parse_args(["x", "--grace", "4", "--epsilon", "medmcqa_gain_pp=6,forgetting=3"]).epsilon == {
+        "medmcqa_gain_pp": 6.0, "forgetting": 3.0}
+    with pytest.raises(SystemExit):
+        parse_args(["x", "--grace", "4", "--epsilon", "forgetting"])
+    assert "NAME=MARGIN" in capsys.readouterr().err
+    assert main(["/nonexistent/sweep", "--grace", "4"]) == 2

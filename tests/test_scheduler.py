@@ -94,6 +94,35 @@ def test_ties_inside_the_cut_off_front_go_by_crowding_distance_and_equal_ones_co
     assert all(survives(same, t, eta=3) for t in same)                     # identical: a tie, all continue
 
 
+def test_noise_margins_dominate_only_beyond_them_and_keep_the_first_front():
+    """search.early_stopping.epsilon: no worse everywhere and better by more than the margin somewhere;
+    a trial on that first front continues even outside the top ⌊n/η⌋ (the issue-16 acceptance run that
+    stopped the best full-FT trial at its first rung on a 1.6 pp difference of 64 questions)."""
+    eps = (6.0, 3.0)
+    assert dominates((0.0, 0.0), (1.0, 1.0)) and not dominates((0.0, 0.0), (1.0, 1.0), eps)   # within noise
+    assert dominates((0.0, 0.0), (7.0, 1.0), eps) and dominates((0.0, 0.0), (1.0, 4.0), eps)  # beyond it, once
+    assert not dominates((0.0, 5.0), (7.0, 4.0), eps)                     # worse somewhere: never dominates
+    assert fronts([(0.0, 0.0), (1.0, 1.0), (7.0, 1.0)], eps) == [0, 0, 1]
+    # the seed-1 rung (gain negated, forgetting): three trials within noise of each other and one far off
+    rung = {"lora": (1.56, 0.26), "full": (3.12, 2.39), "smf": (-1.56, 6.37), "wreck": (-4.69, 47.97)}
+    assert [survives(rung, t, eta=3) for t in rung] == [True, False, False, True]    # MO-ASHA keeps 1 (+ a tie)
+    assert [survives(rung, t, eta=3, eps=(6.0, 3.0)) for t in rung] == [True, True, True, True]
+    far = {**rung, "worse": (9.0, 9.0), "worst": (12.0, 20.0)}            # dominated beyond the noise
+    assert [survives(far, t, eta=3, eps=eps) for t in far] == [True, True, True, True, False, False]
+    assert survives(far, "worse", eta=3) is False and survives({"a": (0.0, 0.0), "b": (9.0, 9.0)}, "b", 3, eps)
+
+
+def test_margins_from_the_objectives_names():
+    assert O.margins(("medmcqa_gain_pp", "forgetting"), {}) is None
+    assert O.margins(("medmcqa_gain_pp", "forgetting"), {"forgetting": 3}) == (0.0, 3.0)
+    with pytest.raises(ValueError, match="nats is not an objective"):
+        O.margins(("medmcqa_gain_pp", "forgetting"), {"nats": 1})
+    with pytest.raises(ValueError, match=">= 0"):
+        O.margins(("medmcqa_gain_pp",), {"medmcqa_gain_pp": math.inf})
+    s = sched(epsilon={"medmcqa_gain_pp": 6})
+    assert s.eps == (6.0, 0.0) and "ε 6/0" in s.debug_string()
+
+
 # ---- the Tune scheduler on curve points ---------------------------------------------------------------
 def test_rungs_come_from_curve_step_capped_below_the_trials_total():
     s = sched(eta=2, grace=4, total=16)                    # rungs 4, 8 (16 is the last step: no rung)
@@ -194,6 +223,9 @@ def test_the_scheduler_refuses_what_it_cannot_judge():
     (["curves.every=4", "search.early_stopping={grace: 4, rungs: 3}"], "unknown key(s) ['rungs']"),
     (["curves.every=4", "search.early_stopping={grace: 4}", "objectives=[{name: medmcqa_gain_pp, mode: max}, "
       "{name: cost/device_s, mode: min}]", "hypervolume={reference: {cost/device_s: 100}}"], "have no cost"),
+    (["curves.every=4", "search.early_stopping={grace: 4, epsilon: {gain: 6}}"], "gain is not an objective"),
+    (["curves.every=4", "search.early_stopping={grace: 4, epsilon: {forgetting: -1}}"], "finite numbers >= 0"),
+    (["curves.every=4", "search.early_stopping={grace: 4, epsilon: 6}"], "epsilon"),
 ])
 def test_the_spec_section_is_strict(sets, words):
     with pytest.raises(SpecError) as e:
@@ -219,7 +251,10 @@ def test_off_by_default_shipped_specs_keep_their_hash_and_on_builds_the_schedule
     on = load_spec(SMOKE, ON)
     assert on.spec_hash() != off.spec_hash() and on.to_dict()["search"]["early_stopping"]["grace"] == 4
     es = on.search.early_stopping
-    assert (es.eta, es.tie_break, es.optuna) == (2.0, "crowding", "pruned")
+    assert (es.eta, es.tie_break, es.optuna, es.epsilon) == (2.0, "crowding", "pruned", {})
+    assert "epsilon" not in on.to_dict()["search"]["early_stopping"]       # added later: old hashes hold
+    noisy = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, epsilon: {forgetting: 3}}"])
+    assert noisy.spec_hash() != on.spec_hash() and make_scheduler(noisy).eps == (0.0, 3.0)
     s = make_scheduler(on)
     assert isinstance(s, MOASHA) and (s.grace, s.eta) == (4, 2.0) and s.obj.names == ("medmcqa_gain_pp", "forgetting")
     assert isinstance(s.total_steps, PlannedSteps) and isinstance(s.cost, TrialCost)
