@@ -10,8 +10,9 @@ later trial can start (seen in tests/test_cluster_sweep.py). Two ways out:
   the created groups: a group once seen holding live actors that then stays empty for `grace_s` is
   an orphan and goes. Groups never seen in use (Tune's staged trial groups, a run whose workers are
   still starting) are left alone. This needs Ray's state API (the dashboard), asked at this driver's
-  own cluster (with no address it refuses when a machine runs two Ray instances); after
-  `MAX_STATE_ERRORS` failed sweeps in a row (no dashboard) only the first way works;
+  own cluster's dashboard (with no address it refuses when a machine runs two Ray instances, and
+  without a dashboard of its own it would ask another instance's on the default port); without one,
+  or after `MAX_STATE_ERRORS` failed sweeps in a row, only the first way works;
 - a group whose node died is RESCHEDULING: Ray 2.60's GCS retries it in a loop with no back-off
   while the surviving nodes' resources are taken (tens of millions of attempts, two busy cores'
   worth of GCS and dashboard agent, seen in tests/test_cluster_sweep.py), and once it fits it holds
@@ -26,7 +27,7 @@ import time
 from ray.tune import Callback
 
 MAX_STATE_ERRORS = 3   # failed state-API sweeps in a row before the janitor stops sweeping (a timeout on a
-                       # loaded head is not the end; a cluster without a dashboard is)
+                       # loaded head is not the end)
 
 
 class PlacementGroupJanitor(Callback):
@@ -72,14 +73,18 @@ class PlacementGroupJanitor(Callback):
         self.sweep_empty(now)
 
     def sweep_empty(self, now: float) -> list[str]:
-        import ray
+        from ray._private.worker import get_dashboard_url
         from ray.util.placement_group import placement_group_table
         from ray.util.state import list_actors
 
+        url = get_dashboard_url()             # this driver's cluster's ("" without a dashboard; never
+        if not url:                           # another instance's on the default port)
+            self.state_api, self.state_errors = False, ["no dashboard: this cluster runs without one"]
+            return []
         try:
-            alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+            alive = list_actors(address=url if "://" in url else f"http://{url}", filters=[("state", "=", "ALIVE")],
                                 detail=True, limit=10_000, raise_on_missing_output=False)
-        except Exception as e:                # no dashboard (a local ray.init without it), or a timeout
+        except Exception as e:                # a timeout on a loaded head, a dashboard that died
             self.state_errors.append(f"{type(e).__name__}: {str(e)[:200]}")
             self.state_api = len(self.state_errors) < MAX_STATE_ERRORS
             return []

@@ -114,6 +114,15 @@ def ray_here():
     ray.shutdown()
 
 
+def test_janitor_without_a_dashboard_stops_sweeping_at_once(ray_here):
+    """No dashboard on this cluster: the janitor must not ask the default port (another instance's
+    dashboard could answer with its actors, and this cluster's live groups would look empty)."""
+    from smf_sweep.janitor import PlacementGroupJanitor
+
+    j = PlacementGroupJanitor()
+    assert j.sweep_empty(0.0) == [] and not j.state_api and "no dashboard" in j.state_errors[0]
+
+
 def test_a_missing_driver_resource_fails_the_sweep_before_anything_starts(ray_here, tmp_path, capsys):
     from smf_sweep.tune import check_driver_resource, main, run_sweep
 
