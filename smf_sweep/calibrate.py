@@ -74,8 +74,8 @@ def converged(rows: list[dict]) -> dict:
 
 
 def _deltas(base: dict, after: dict) -> dict:
-    from .trial import delta
-    return {f"{t}/delta": delta(base[t], after[t], base[f"{t}.hib"]) for t in ("medmcqa", "triviaqa", "wikitext")}
+    from .objectives import probe_delta
+    return {f"{t}/delta": probe_delta(base[t], after[t], base[f"{t}.hib"]) for t in ("medmcqa", "triviaqa", "wikitext")}
 
 
 def general_texts(world: Path) -> list[str]:

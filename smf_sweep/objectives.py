@@ -81,6 +81,14 @@ def delta(task: str) -> str:
     return f"{task}/delta"
 
 
+def probe_delta(before_value, after_value, higher_is_better: bool):
+    """A probe's change: accuracies (higher is better) in points, 100·(after − before); perplexities
+    in % of base, 100·(after/before − 1). Works on floats and pandas Series."""
+    if higher_is_better:
+        return 100.0 * (after_value - before_value)
+    return 100.0 * (after_value / before_value - 1.0)
+
+
 def retrofit(task: str) -> str:
     return f"retrofit/{task}"
 
@@ -429,11 +437,8 @@ class Objectives:
 
     # ---- the numbers ----
     def delta(self, task: str, before_value, after_value):
-        """Accuracies (higher is better): points, 100·(after − before). Perplexities: % of base,
-        100·(after/before − 1). Works on floats and pandas Series."""
-        if self.higher_is_better(task):
-            return 100.0 * (after_value - before_value)
-        return 100.0 * (after_value / before_value - 1.0)
+        """The probe's change in its direction (probe_delta)."""
+        return probe_delta(before_value, after_value, self.higher_is_better(task))
 
     def damage(self, task: str, delta_value):
         """A probe's delta turned into damage (positive = forgot): −Δ for accuracies, +Δ for perplexity."""

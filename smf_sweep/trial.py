@@ -123,11 +123,6 @@ def check_comparable(base: dict, final: dict) -> None:
         raise TrialFailed("before and after are not comparable (" + "; ".join(bad) + ")")
 
 
-def delta(before: float, after: float, higher_is_better: bool) -> float:
-    """Accuracies: points (after − before)·100. Perplexities: % of base, 100·(after/before − 1)."""
-    return 100.0 * (after - before) if higher_is_better else 100.0 * (after / before - 1.0)
-
-
 def outcome(spec: Spec, base: dict, after: dict) -> dict:
     """Per probe before/after/delta, `medmcqa_gain_pp`, `forgetting` (by the spec's definition:
     mean or worst of the forgetting probes' damage, maybe clamped; none under `nats`) and each

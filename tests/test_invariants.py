@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from smf_sweep.trial import TrialFailed, _compute_base, check_comparable, delta
+from smf_sweep.objectives import probe_delta
+from smf_sweep.trial import TrialFailed, _compute_base, check_comparable
 from smf_sweep.worker import train_worker
 
 TASKS = ("medmcqa", "triviaqa", "wikitext")
@@ -57,7 +58,7 @@ def test_null_trial_shows_no_effect_on_any_probe(tiny_world, tmp_path, base, met
     b = base[precision]
     check_comparable(b, final)
     for t in TASKS:
-        d = delta(b[t], final[f"after/{t}"], b[f"{t}.hib"])
+        d = probe_delta(b[t], final[f"after/{t}"], b[f"{t}.hib"])
         assert abs(d) <= 1e-3, f"{method} {precision}: {t} moved by {d} ({b[t]} → {final[f'after/{t}']})"
     points = [m for m in reports if "curve/kl_general" in m]
     assert [m["curve/step"] for m in points] == [0, 1, 2]
