@@ -90,7 +90,11 @@ def main(argv=None) -> int:
     from analysis.fronts import nondominated
     from analysis.runs import feasible, finished, load
 
-    sweep = load(src)
+    try:
+        sweep = load(src)
+    except SourceError as e:                  # an experiment name with no such experiment, …
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     obj = sweep.objectives
     fin = finished(sweep.trials, obj).sort_values("start_time", kind="stable")
     points = curves.load(sweep.tracking_uri, fin, obj)

@@ -40,7 +40,7 @@ def test_noise_margins_let_a_trial_within_them_continue():
     assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, epsilon={"forgetting": 0.4})[1]["c"] == 4
 
 
-def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys):
+def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys, monkeypatch, tmp_path):
     import pytest
 
     from analysis.replay_rungs import main, parse_args
@@ -50,4 +50,13 @@ def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys):
     with pytest.raises(SystemExit):
         parse_args(["x", "--grace", "4", "--epsilon", "forgetting"])
     assert "NAME=MARGIN" in capsys.readouterr().err
-    assert main(["/nonexistent/sweep", "--grace", "4"]) == 2
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["/nonexistent/sweep", "--grace", "4"]) == 2          # no such directory
+    assert "no such sweep directory" in capsys.readouterr().err
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()                            # an empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["no_such_experiment", "--grace", "4"]) == 2          # a name the tracking store lacks
+    assert "no MLflow experiment named 'no_such_experiment'" in capsys.readouterr().err
