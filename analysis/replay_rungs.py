@@ -3,12 +3,14 @@
     python -m analysis.replay_rungs runs/world_study --grace 40 --eta 3
     python -m analysis.replay_rungs runs/world_study --grace 20 --eta 3 --csv replay.csv
     python -m analysis.replay_rungs runs/es_off_s1 --grace 40 --epsilon medmcqa_gain_pp=6,forgetting=3
+    python -m analysis.replay_rungs runs/world_study --grace 40 --budget 20 --per-method
 
 Before turning `search.early_stopping` on, check a rung schedule on a sweep that ran without it: the
 finished trials arrive at each rung in the order they started (the sweep's own order, as Tune starts
 them) and each is judged with the rule the scheduler applies (scheduler.survives: non-dominated sorting
 of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋; with --epsilon, the
-noise margins of search.early_stopping.epsilon). Prints, per
+noise margins of search.early_stopping.epsilon; with --per-method, each trial against its own
+method's only, as search.early_stopping.per_method). Prints, per
 method (SMF per selector), how many trials would stop at each rung and how many of those are on the
 sweep's final front (finished trials, full probes): the front points this schedule would have lost;
 then the front's hypervolume with every trial against with the trials the replay lets finish, and
@@ -32,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eta", type=float, default=3.0, help="rung growth and the kept share 1/η (default 3)")
     p.add_argument("--epsilon", type=_margins, default={}, metavar="NAME=MARGIN,...",
                    help="noise margins per objective, as search.early_stopping.epsilon (default: none, MO-ASHA exactly)")
+    p.add_argument("--per-method", action="store_true",
+                   help="judge each trial against its own method's trials only (search.early_stopping.per_method)")
     p.add_argument("--budget", type=float, default=None,
                    help="the hypervolume's forgetting reference (default: the sweep's own reference point)")
     p.add_argument("--csv", default=None, help="also write one row per trial (where it would stop) to this file")
@@ -51,7 +55,8 @@ def _margins(text: str) -> dict[str, float]:
     return out
 
 
-def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float] | None = None):
+def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float] | None = None,
+           per_method: bool = False):
     """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}."""
     from smf_sweep.objectives import margins
     from smf_sweep.scheduler import budgets, survives
@@ -62,6 +67,7 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     last = int(points["step"].max())
     rungs = budgets(grace, eta, last - 1)                     # a rung at the last step judges nothing
     seen: dict[int, dict[str, tuple]] = {b: {} for b in rungs}
+    method = dict(zip(trials["run_id"], trials["method"])) if per_method else {}
     out = {}
     for rid in trials["run_id"]:
         pts = points[points["run_id"] == rid].sort_values("step")
@@ -71,7 +77,8 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
             if at.empty or at[list(obj.names)].isna().any(axis=None):
                 break
             seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
-            if not survives(seen[b], rid, eta, eps):
+            rung = {r: v for r, v in seen[b].items() if method.get(r) == method.get(rid)}
+            if not survives(rung, rid, eta, eps):
                 out[rid] = b
                 break
     return rungs, out
@@ -103,7 +110,7 @@ def main(argv=None) -> int:
         print("error: no finished trial with curves", file=sys.stderr)
         return 1
     try:
-        rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon)
+        rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon, args.per_method)
     except ValueError as e:
         print(f"error: --epsilon: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
                      stopped_at=[stop[r] for r in fin["run_id"]], on_front=fin["run_id"].isin(front))
     print(f"{sweep.experiment_name}: {len(fin)} finished trials with curves, replayed in start order; "
           f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g}"
-          + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + ")")
+          + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + (", per method" if args.per_method else "") + ")")
     head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped"]
     rows = []
     for arm, g in fin.groupby("arm", sort=True):

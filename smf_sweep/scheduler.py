@@ -30,6 +30,10 @@ only when it is no worse in every objective and better by more than the margin i
 partial order, so the fronts stay well defined), and a trial on the rung's first front under that
 relation always continues: only trials dominated beyond the noise can stop, and of those only the
 ones outside the best max(1, ⌊n/η⌋).
+Per method (`per_method`, a named deviation, off by default): a trial is judged only against the
+trials of its own method at the rung (the rung's cut-off, ⌊n/η⌋ and the fronts, over those), so a
+method that starts slow (SMF's first steps) keeps its best third instead of losing to full FT's early
+gains; the study's comparison needs every method's front, not only the overall one.
 Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
 not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).
 
@@ -153,7 +157,7 @@ class MOASHA(FIFOScheduler):
     _supports_buffered_results = False      # decide on every curve point, never on a batch of them
 
     def __init__(self, objectives: "O.Objectives", *, grace: int, eta: float = 3, tie_break: str = "crowding",
-                 epsilon: Mapping[str, float] | None = None, total_steps: Callable[[dict], int | None] | None = None,
+                 epsilon: Mapping[str, float] | None = None, per_method: bool = False, total_steps: Callable[[dict], int | None] | None = None,
                  cost: Callable[[dict, float, float | None], dict] | None = None):
         if not (isinstance(grace, int) and grace >= 1):
             raise ValueError(f"early_stopping.grace: an integer >= 1 (optimizer steps), got {grace!r}")
@@ -165,6 +169,7 @@ class MOASHA(FIFOScheduler):
         if costs:
             raise ValueError(f"early stopping judges the curve's points, which have no {', '.join(costs)}")
         self.eps = O.margins(objectives.names, epsilon)
+        self.per_method = bool(per_method)
         super().__init__()
         self.obj, self.grace, self.eta, self.tie_break = objectives, grace, float(eta), tie_break
         self.total_steps, self.cost = total_steps, cost
@@ -174,6 +179,7 @@ class MOASHA(FIFOScheduler):
         self.totals: dict[str, int | None] = {}        # trial id -> planned optimizer steps
         self.tokens: dict[str, float] = {}             # trial id -> the last train/tokens seen
         self.stops: dict[str, dict] = {}               # trial id -> what its last result gets (on_trial_complete)
+        self.method: dict[str, str] = {}               # trial id -> its method (per_method; kept with the rungs)
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         """The objectives are the spec's (the searcher's too); a metric/mode from TuneConfig would be
@@ -223,6 +229,9 @@ class MOASHA(FIFOScheduler):
         entries = self.rungs.setdefault(rung, {})
         entries[tid] = vec
         self.judged[tid] = rung
+        self.method[tid] = str(trial.config.get("method", ""))
+        if self.per_method:
+            entries = {t: v for t, v in entries.items() if self.method.get(t) == self.method[tid]}
         if survives(entries, tid, self.eta, self.eps):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)
@@ -274,4 +283,5 @@ class MOASHA(FIFOScheduler):
     def debug_string(self) -> str:
         rungs = ", ".join(f"{b}: {len(e)}" for b, e in sorted(self.rungs.items())) or "none yet"
         noise = "" if self.eps is None else ", ε " + "/".join(f"{e:g}" for e in self.eps)
+        noise += ", per method" if self.per_method else ""
         return f"MO-ASHA (grace {self.grace}, η {self.eta:g}, {self.tie_break}{noise}): trials per rung {rungs}"

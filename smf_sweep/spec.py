@@ -144,6 +144,8 @@ class EarlyStopping:
     epsilon: dict[str, float] = field(default_factory=dict)   # {objective: margin}: dominance beyond the
                                        # curve points' noise, and a trial on that first front continues
                                        # (scheduler.py; a deviation from MO-ASHA, off when empty)
+    per_method: bool = False           # judge a trial only against its own method's trials at the rung (a
+                                       # slow starter such as SMF keeps its best third; a deviation, off)
     optuna: Literal["pruned", "complete", "fail"] = "pruned"   # what Optuna is told of a stopped trial:
                                        # pruned (TPE ranks it below every complete trial; on no front),
                                        # complete (its values at the rung: TPE and best_trials see them), fail (ignored)
@@ -241,8 +243,10 @@ class Spec:
             d["confirm"].pop("points")
         if self.search.early_stopping is None:
             d["search"].pop("early_stopping")
-        elif not self.search.early_stopping.epsilon:
-            d["search"]["early_stopping"].pop("epsilon")
+        else:
+            for key, off in (("epsilon", {}), ("per_method", False)):   # added later: old hashes hold
+                if d["search"]["early_stopping"][key] == off:
+                    d["search"]["early_stopping"].pop(key)
         return d
 
 

@@ -40,6 +40,15 @@ def test_noise_margins_let_a_trial_within_them_continue():
     assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, epsilon={"forgetting": 0.4})[1]["c"] == 4
 
 
+def test_per_method_replays_judge_each_method_on_its_own():
+    curves = {"f1": [(0, 0, 0), (4, 9, 1), (8, 9, 1)],
+              "f2": [(0, 0, 0), (4, 8, 1.5), (8, 8, 2)],
+              "s1": [(0, 0, 0), (4, 2, 2), (8, 4, 2)]}
+    trials = pd.DataFrame({"run_id": list(curves), "method": ["full", "full", "smf"]})
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2)[1]["s1"] == 4
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, per_method=True)[1]["s1"] is None
+
+
 def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys, monkeypatch, tmp_path):
     import pytest
 

@@ -112,6 +112,22 @@ def test_noise_margins_dominate_only_beyond_them_and_keep_the_first_front():
     assert survives(far, "worse", eta=3) is False and survives({"a": (0.0, 0.0), "b": (9.0, 9.0)}, "b", 3, eps)
 
 
+def test_per_method_rungs_judge_a_trial_against_its_own_method_only():
+    """search.early_stopping.per_method: SMF's slow start is not judged against full FT's early gains."""
+    def run(per_method: bool) -> list[str]:
+        s = sched(eta=2, grace=4, per_method=per_method)
+        for tid, method in (("f1", "full"), ("f2", "full"), ("s1", "smf"), ("s2", "smf")):
+            s.__dict__.setdefault("_test_trials", {})[tid] = trial(tid, {"method": method})
+        out = []
+        for tid, gain, forgetting in (("f1", 9, 1), ("f2", 8, 1.5), ("s1", 2, 2), ("s2", 1, 3)):
+            out += feed(s, tid, point(4, gain, forgetting))
+        return out
+
+    assert run(False) == [GO, STOP, STOP, STOP]           # one rung: full FT's early gains dominate both SMF trials
+    assert run(True) == [GO, STOP, GO, STOP]              # smf's own rung: s1 leads it
+    assert "per method" in sched(per_method=True).debug_string()
+
+
 def test_margins_from_the_objectives_names():
     assert O.margins(("medmcqa_gain_pp", "forgetting"), {}) is None
     assert O.margins(("medmcqa_gain_pp", "forgetting"), {"forgetting": 3}) == (0.0, 3.0)
@@ -255,6 +271,9 @@ def test_off_by_default_shipped_specs_keep_their_hash_and_on_builds_the_schedule
     assert "epsilon" not in on.to_dict()["search"]["early_stopping"]       # added later: old hashes hold
     noisy = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, epsilon: {forgetting: 3}}"])
     assert noisy.spec_hash() != on.spec_hash() and make_scheduler(noisy).eps == (0.0, 3.0)
+    assert "per_method" not in on.to_dict()["search"]["early_stopping"] and not make_scheduler(on).per_method
+    strata = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, per_method: true}"])
+    assert strata.spec_hash() != on.spec_hash() and make_scheduler(strata).per_method
     s = make_scheduler(on)
     assert isinstance(s, MOASHA) and (s.grace, s.eta) == (4, 2.0) and s.obj.names == ("medmcqa_gain_pp", "forgetting")
     assert isinstance(s.total_steps, PlannedSteps) and isinstance(s.cost, TrialCost)
