@@ -62,12 +62,11 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     from smf_sweep.scheduler import budgets, survives
 
     eps = margins(obj.names, epsilon)
-
     senses = [1.0 if m == "min" else -1.0 for m in obj.modes]
     last = int(points["step"].max())
     rungs = budgets(grace, eta, last - 1)                     # a rung at the last step judges nothing
     seen: dict[int, dict[str, tuple]] = {b: {} for b in rungs}
-    method = dict(zip(trials["run_id"], trials["method"])) if per_method else {}
+    method = dict(zip(trials["run_id"], trials["method"])) if per_method else None
     out = {}
     for rid in trials["run_id"]:
         pts = points[points["run_id"] == rid].sort_values("step")
@@ -77,8 +76,7 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
             if at.empty or at[list(obj.names)].isna().any(axis=None):
                 break
             seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
-            rung = {r: v for r, v in seen[b].items() if method.get(r) == method.get(rid)}
-            if not survives(rung, rid, eta, eps):
+            if not survives(seen[b], rid, eta, eps, method):
                 out[rid] = b
                 break
     return rungs, out

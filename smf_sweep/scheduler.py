@@ -129,11 +129,14 @@ def priorities(points: Sequence[Sequence[float]], eps: Sequence[float] | None = 
 
 
 def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float,
-             eps: Sequence[float] | None = None) -> bool:
+             eps: Sequence[float] | None = None, groups: Mapping[str, str] | None = None) -> bool:
     """Whether `trial`, recorded at a rung with `entries` ({trial: objectives, minimised}, itself
     included), continues: fewer than η entries, or fewer than max(1, ⌊n/η⌋) entries rank strictly
     before it (priorities: front, then crowding distance). With `eps` (margins per objective), the
-    fronts are dominance beyond the margins and a trial on the first front always continues."""
+    fronts are dominance beyond the margins and a trial on the first front always continues. With
+    `groups` ({trial: method}), only the entries of the trial's own group count."""
+    if groups is not None:
+        entries = {t: v for t, v in entries.items() if groups.get(t) == groups.get(trial)}
     n = len(entries)
     if n < eta:
         return True
@@ -157,7 +160,8 @@ class MOASHA(FIFOScheduler):
     _supports_buffered_results = False      # decide on every curve point, never on a batch of them
 
     def __init__(self, objectives: "O.Objectives", *, grace: int, eta: float = 3, tie_break: str = "crowding",
-                 epsilon: Mapping[str, float] | None = None, per_method: bool = False, total_steps: Callable[[dict], int | None] | None = None,
+                 epsilon: Mapping[str, float] | None = None, per_method: bool = False,
+                 total_steps: Callable[[dict], int | None] | None = None,
                  cost: Callable[[dict, float, float | None], dict] | None = None):
         if not (isinstance(grace, int) and grace >= 1):
             raise ValueError(f"early_stopping.grace: an integer >= 1 (optimizer steps), got {grace!r}")
@@ -230,9 +234,7 @@ class MOASHA(FIFOScheduler):
         entries[tid] = vec
         self.judged[tid] = rung
         self.method[tid] = str(trial.config.get("method", ""))
-        if self.per_method:
-            entries = {t: v for t, v in entries.items() if self.method.get(t) == self.method[tid]}
-        if survives(entries, tid, self.eta, self.eps):
+        if survives(entries, tid, self.eta, self.eps, self.method if self.per_method else None):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)
         return TrialScheduler.STOP

@@ -162,7 +162,7 @@ def test_janitor_asks_its_own_cluster_when_the_machine_runs_two(ray_local):
 
 def test_janitor_stops_sweeping_only_after_errors_in_a_row(ray_local, monkeypatch):
     """One state-API timeout on a loaded head is not the end of sweeping (it was: the first error
-    turned the janitor off); MAX_STATE_ERRORS in a row (no dashboard) are, and say why."""
+    turned the janitor off); MAX_STATE_ERRORS in a row are, and say why."""
     import time
 
     import ray.util.state
