@@ -92,6 +92,24 @@ def test_wikitext_windows_batched_equal_unbatched_and_hf(tok, model):
         assert a["loglikelihood"] == pytest.approx(b["loglikelihood"], abs=1e-4)
 
 
+def test_a_wrapped_model_is_probed_in_its_own_context(tok, model):
+    """A wrapper without a config of its own (DeepSpeedEngine, DDP: `.module`) gets the windows of the
+    model inside it, not the protocol's 1024 past the model's positions."""
+    class Wrapper(torch.nn.Module):               # what DeepSpeedEngine and DDP look like to a probe
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, *a, **kw):
+            return self.module(*a, **kw)
+
+    study = PROBES["wikitext:study"]()            # max_length 1024 > the model's 256 positions
+    lines = study.load(WORLD)
+    plain, wrapped = (study.run(m, tok, lines, batch_size=4) for m in (model, Wrapper(model)))
+    assert wrapped.extras["max_length"] == plain.extras["max_length"] == 256
+    assert wrapped.value == pytest.approx(plain.value, rel=1e-6)
+
+
 def test_batched_greedy_equals_one_at_a_time_and_hf_generate(tok, model):
     questions = [r["question"] for r in PROBES["triviaqa:study"]().load(WORLD)]
     prompts = [tok(triviaqa_prompt(q))["input_ids"] for q in questions] + [tok("Q")["input_ids"]]

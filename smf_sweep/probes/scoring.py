@@ -29,7 +29,10 @@ _CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutpu
 
 
 def max_positions(model) -> int | None:
-    """The model's context length from its config, if it states one."""
+    """The model's context length from its config, if it states one; a wrapper (DeepSpeedEngine, DDP)
+    has no config of its own and is read through its `module` (else a probe's windows would pass the
+    context: a DeepSpeed engine once gave the world's WikiText 4.19 for its module's 3.10)."""
+    model = getattr(model, "module", model)
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
