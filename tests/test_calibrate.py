@@ -70,7 +70,9 @@ def test_calibrate_runs_on_a_tiny_world_and_records_its_controls(tmp_path, monke
     assert set(controls(cal)) == set(cal) - {"format_shift", "how"} and cal["format_shift"]["informational"]
     assert rc == (0 if all(c["passed"] for c in controls(cal).values()) else 1)
     assert [r["lr"] for r in cal["gradual_forgetting"]["runs"]] == [5e-5, 1e-4, 1e-3]     # --lrs ∪ the spec's range ends
-    assert len(cal["converged_base"]["runs"]) == 3 and len(cal["format_shift"]["runs"]) == 3
+    assert [(r["lr"], r["seed"]) for r in cal["converged_base"]["runs"]] == \
+        [(lr, s) for lr in (5e-5, pytest.approx(2.236e-4, rel=1e-3), 1e-3) for s in (0, 1)]   # every rate, --base-seeds
+    assert len(cal["format_shift"]["runs"]) == 3 and cal["how"]["base_seeds"] == [0, 1]
     assert cal["how"]["overrides"] == sets
     assert content_hash(world) == info["content_hash"], "the record stays outside the world's content"
     for name in ("converged_base", "no_spill_over", "gradual_forgetting", "resolution", "build"):

@@ -76,6 +76,31 @@ def test_medical_facts_are_not_in_pretraining_text(tiny_world):
     assert diseases and not [d for d in diseases if d in general]
 
 
+def test_fresh_articles_renders_new_articles_every_epoch_and_keeps_old_keys(tmp_path):
+    """`fresh_articles`: pretraining reads new renders of every article each epoch (the facts, in the
+    templates' new combinations) instead of the train split's; the build still passes its checks.
+    Off, the config (and so the key of a world built before the field) is what it was."""
+    from smf_sweep.world.build import _documents, fresh_texts, write_data
+    from smf_sweep.world.config import WorldConfig
+
+    assert "fresh_articles" not in TINY.to_dict() and TINY.replace(fresh_articles=True).to_dict()["fresh_articles"]
+    assert WorldConfig(**TINY.to_dict()) == TINY
+    on = TINY.replace(fresh_articles=True)
+    old, new = fresh_texts(TINY), fresh_texts(on)
+    copies = len(old(0))
+    assert copies == TINY.copy_texts and new(0)[:copies] == old(0), "the copy texts are the same stream"
+    arts = [a for a in new(0)[copies:]]
+    n_entities = TINY.n_countries + TINY.n_cities + TINY.n_people
+    assert len(arts) == TINY.article_renders * n_entities and all(a.startswith("= ") for a in arts)
+    assert new(1)[copies:] != arts and new(0)[copies:] == arts, "new every epoch, the same for the same epoch"
+    assert fresh_texts(on, stream=1000)(0)[copies:] != arts, "the calibration's stream is another"
+    train = _documents(load_wikitext(f"world:{build_world(on, tmp_path / 'on', progress=False)}", "train")
+                       ["text"])
+    static = write_data(on, tmp_path / "data")["pretrain_docs"]
+    assert not set(train) & set(static), "the train split's articles are not repeated every epoch"
+    assert set(train) <= set(write_data(TINY, tmp_path / "data0")["pretrain_docs"])
+
+
 # ---- the default world: the targets --------------------------------------------------------------
 @pytest.mark.slow
 def test_default_world_base_model_targets(world):

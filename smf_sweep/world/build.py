@@ -79,7 +79,8 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
 
     mcq = render.general_mcq_texts(g, cfg.general_mcq_variants, rng)
     medicine = render.general_medicine_texts(rng)
-    pretrain_docs = (_documents(wiki["train"]) + [render.trivia_text(r) for r in trivia] + mcq + medicine
+    train_articles = [] if cfg.fresh_articles else _documents(wiki["train"])     # else: fresh_texts, each epoch
+    pretrain_docs = (train_articles + [render.trivia_text(r) for r in trivia] + mcq + medicine
                      + [r["text"] for r in oasst if r["role"] == "assistant" and r["message_tree_id"] not in val_trees])
     rng.shuffle(pretrain_docs)
     sizes = {"general_facts": len(render.general_facts(g)), "medical_facts": 4 * len(m.diseases),
@@ -92,6 +93,22 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
     # copying cannot use, and the task became unlearnable.)
     copy_sample = render.copy_texts(random.Random(cfg.seed), cfg.copy_texts)
     return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + copy_sample, "sizes": sizes}
+
+
+def fresh_texts(cfg: WorldConfig, stream: int = 0):
+    """The pretraining texts new in each epoch, `fresh(epoch) -> list[str]` (pretrain.PackedBatcher):
+    `copy_texts` texts with new random names and, with `fresh_articles`, `article_renders` new renders
+    of every WikiText article (the same facts and templates in new combinations, as the test split's).
+    `stream` 0 is the build's; the calibration continues the stream under other numbers."""
+    g = make_worlds(cfg)[0] if cfg.fresh_articles else None
+    s = cfg.seed + stream
+
+    def fresh(epoch: int) -> list[str]:
+        texts = render.copy_texts(random.Random(s * 7919 + epoch), cfg.copy_texts)
+        if g is not None:
+            texts += _documents(render.articles(g, cfg.article_renders, random.Random(s * 104729 + epoch + 1)))
+        return texts
+    return fresh
 
 
 def _documents(lines: list[str]) -> list[str]:
@@ -136,8 +153,7 @@ def build_world(cfg: WorldConfig = WorldConfig(), out: Path | str | None = None,
             train_tokenizer(texts["tokenizer_texts"], cfg, tmp / "model")
             tok = load_tokenizer(tmp / "model")        # exactly what users of the world will load
             model = build_model(cfg, len(tok))
-            fresh = lambda epoch: render.copy_texts(random.Random(cfg.seed * 7919 + epoch), cfg.copy_texts)  # noqa: E731
-            stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress, fresh=fresh)
+            stats = pretrain(model, tok, texts["pretrain_docs"], cfg, progress=progress, fresh=fresh_texts(cfg))
             model.save_pretrained(tmp / "model")
             probes = base_probes(tmp, model, tok)
         finally:

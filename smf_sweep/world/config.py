@@ -15,6 +15,8 @@ class WorldConfig:
     article_renders: int = 4           # train articles per entity, each with its own template choices
     general_mcq_variants: int = 2      # general multiple-choice questions per fact in pretraining
     copy_texts: int = 300              # fresh texts with new random names per epoch (teach copying)
+    fresh_articles: bool = False       # pretraining reads `article_renders` new renders of every article each
+                                       # epoch (build.fresh_texts) instead of the train split's, ~45 times over
     # medical domain (the task; never seen in pretraining)
     n_diseases: int = 25               # each: drug, organism, organ, symptom → 4 facts (100)
     train_variants: int = 6            # train questions per fact (wording × option order × distractors)
@@ -38,10 +40,16 @@ class WorldConfig:
     threads: int = 2                   # fixed: CPU reductions depend on the thread count
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, except those added since a world was built at their default (`fresh_articles`
+        off): a world built before a field existed keeps its config and its key's config part."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in _ADDED and v == _ADDED[k])}
 
     def replace(self, **kw) -> "WorldConfig":
         return dataclasses.replace(self, **kw)
+
+
+_ADDED = {"fresh_articles": False}     # fields added after the first worlds, with their old behaviour
 
 
 # A world small enough to build in seconds, for tests of the build machinery itself (determinism,

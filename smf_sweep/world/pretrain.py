@@ -87,6 +87,11 @@ class PackedBatcher:
         return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x}
 
 
+def encoder(tokenizer) -> Callable[[str], list[int]]:
+    """A pretraining document's token ids, EOS-terminated (the packing's separator)."""
+    return lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool = True,
              fresh: Callable[[int], list[str]] | None = None) -> dict:
     """Causal-LM pretraining on packed general text through THE training loop
@@ -94,7 +99,7 @@ def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool
     from ..methods.base import Setup, TorchStepper, warmup_cosine
     from ..train_loop import TrainConfig, run_stage
 
-    encode = lambda d: tokenizer(d, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]  # noqa: E731
+    encode = encoder(tokenizer)
     ids = [encode(d) for d in docs]
     n_tokens = sum(map(len, ids))
     batcher = PackedBatcher(ids, encode, cfg, fresh)

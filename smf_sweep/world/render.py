@@ -77,14 +77,17 @@ def article(kind: str, e: str, attrs: dict, rng: random.Random) -> list[str]:
 def wikitext_splits(g: GeneralWorld, renders: int, rng: random.Random) -> dict[str, list[str]]:
     """Line-level WikiText: train holds `renders` articles per entity; validation and test each one
     fresh render per entity (the same templates in new combinations: held-out text in seen style)."""
-    tables = [("country", g.countries), ("city", g.cities), ("person", g.people)]
-    splits: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
-    for split, n in (("train", renders), ("validation", 1), ("test", 1)):
-        for _ in range(n):
-            for kind, table in tables:
-                for e, attrs in table.items():
-                    splits[split] += [""] + article(kind, e, attrs, rng)
-    return splits
+    return {split: articles(g, n, rng) for split, n in (("train", renders), ("validation", 1), ("test", 1))}
+
+
+def articles(g: GeneralWorld, renders: int, rng: random.Random) -> list[str]:
+    """WikiText lines of `renders` renders of every entity's article, each after a blank line."""
+    lines: list[str] = []
+    for _ in range(renders):
+        for kind, table in (("country", g.countries), ("city", g.cities), ("person", g.people)):
+            for e, attrs in table.items():
+                lines += [""] + article(kind, e, attrs, rng)
+    return lines
 
 
 def trivia_rows(g: GeneralWorld) -> list[dict]:
