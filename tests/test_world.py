@@ -101,6 +101,20 @@ def test_fresh_articles_renders_new_articles_every_epoch_and_keeps_old_keys(tmp_
     assert set(train) <= set(write_data(TINY, tmp_path / "data0")["pretrain_docs"])
 
 
+def test_world_cli_sets_config_fields_and_refuses_unknown_or_mistyped_ones(capsys):
+    from smf_sweep.world.__main__ import main
+    from smf_sweep.world.build import default_world_dir
+    from smf_sweep.world.config import WorldConfig
+
+    assert main(["path", "--set", "fresh_articles=true", "--set", "lr=1e-3", "--set", "steps=900"]) == 0
+    assert capsys.readouterr().out.strip() == str(default_world_dir(WorldConfig(fresh_articles=True, steps=900)))
+    for bad, says in (("fresh_article=true", "expected FIELD=VALUE"), ("seed=1", "the seed is --seed"),
+                      ("steps=2.5", "steps is a int"), ("fresh_articles=1", "fresh_articles is a bool"),
+                      ("steps", "expected FIELD=VALUE")):
+        assert main(["path", "--set", bad]) == 2
+        assert says in capsys.readouterr().err
+
+
 # ---- the default world: the targets --------------------------------------------------------------
 @pytest.mark.slow
 def test_default_world_base_model_targets(world):

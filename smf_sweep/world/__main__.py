@@ -1,13 +1,17 @@
 """Build the embedded world (deterministic, cached by content; progress bar; prints its directory last).
 
-    python -m smf_sweep.world build [--out DIR] [--seed N] [--force]
-    python -m smf_sweep.world path  [--seed N]          # where the default world is (built or not)
+    python -m smf_sweep.world build [--out DIR] [--seed N] [--set FIELD=VALUE ...] [--force]
+    python -m smf_sweep.world path  [--seed N] [--set FIELD=VALUE ...]   # where that world is (built or not)
+    python -m smf_sweep.world build --set fresh_articles=true            # a WorldConfig field, as a spec's `world:`
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+import yaml
 
 from .build import build_world, default_world_dir
 from .config import WorldConfig
@@ -24,8 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("path", help="print the default world's directory")
     p.add_argument("--seed", type=int, default=0)
+    for a in (b, p):
+        a.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="a WorldConfig field (smf_sweep/world/config.py), e.g. fresh_articles=true, steps=1400")
     args = ap.parse_args(argv)
-    cfg = WorldConfig(seed=args.seed)
+    try:
+        cfg = WorldConfig(seed=args.seed, **_fields(args.set))
+    except ValueError as e:
+        print(f"error: --set: {e}", file=sys.stderr)
+        return 2
     if args.cmd == "path":
         print(default_world_dir(cfg))
         return 0
@@ -42,6 +53,26 @@ def main(argv: list[str] | None = None) -> int:
         print("base model: " + ", ".join(f"{k} {v:.4g}" for k, v in info["base_probes"].items()), file=sys.stderr)
     print(out)
     return 0
+
+
+def _fields(sets: list[str]) -> dict:
+    """{field: value} of `FIELD=VALUE` items (values read as YAML), checked against WorldConfig's fields."""
+    names = {f.name: f for f in dataclasses.fields(WorldConfig)}
+    out = {}
+    for item in sets:
+        k, eq, v = item.partition("=")
+        if not eq or k not in names or k == "seed":
+            raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{', '.join(n for n in names if n != 'seed')} (the seed is --seed)")
+        default = names[k].default
+        value = yaml.safe_load(v)
+        try:
+            if isinstance(default, bool) != isinstance(value, bool):
+                raise TypeError
+            out[k] = type(default)(value) if isinstance(default, bool) else type(default)(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{item!r}: {k} is a {type(default).__name__} (default {default!r})") from None
+    return out
 
 
 if __name__ == "__main__":
