@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         (world / "world.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"recorded in {world / 'world.json'}")
     if args.record:
-        args.record.write_text(json.dumps({"world_key": info["key"], "calibration": cal}, indent=1) + "\n")
+        args.record.write_text(json.dumps({"world_key": info["key"], "config": info["config"], "calibration": cal},
+                                          indent=1) + "\n")
         print(f"recorded in {args.record}")
     return 0 if all(c["passed"] for c in controls(cal).values()) else 1
 

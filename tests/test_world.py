@@ -173,6 +173,23 @@ def test_default_world_passes_its_calibration_control(control):
     assert cal["passed"], numbers
 
 
+CANDIDATE = CALIBRATION.with_name("world_calibration_fresh_articles.json")
+
+
+def test_fresh_articles_world_calibration_is_recorded_for_its_config():
+    """The candidate world's record (README: a candidate world) is of WorldConfig(fresh_articles=True),
+    and says which controls it passes; the default switches to it once the studies are run on it."""
+    from smf_sweep.world import WorldConfig
+
+    rec = json.loads(CANDIDATE.read_text())
+    assert WorldConfig(**rec["config"]) == WorldConfig(fresh_articles=True)
+    cal = rec["calibration"]
+    assert cal["how"]["overrides"] == ["world.fresh_articles=true"] and cal["how"]["base_seeds"] == [0, 1]
+    assert len(cal["converged_base"]["runs"]) == 6, "three rates, two seeds"
+    for name in ("no_spill_over", "gradual_forgetting", "resolution", "build", "converged_base"):
+        assert isinstance(cal[name]["passed"], bool)
+
+
 @pytest.mark.slow
 def test_default_world_controls_hold_on_this_machine(world, tmp_path):
     """The record's cheap controls on the world this machine built: 800 validation questions and a
