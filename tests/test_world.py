@@ -101,6 +101,25 @@ def test_fresh_articles_renders_new_articles_every_epoch_and_keeps_old_keys(tmp_
     assert set(train) <= set(write_data(TINY, tmp_path / "data0")["pretrain_docs"])
 
 
+def test_fresh_general_renders_the_generated_general_texts_anew_every_epoch(tmp_path):
+    """`fresh_general`: the general multiple-choice questions, general-medicine texts and OASST replies
+    come new each epoch (fresh_texts) instead of from the static corpus; only the trivia lines (and,
+    without fresh_articles, the train articles) repeat. The tokenizer learns from the same texts."""
+    from smf_sweep.world.build import fresh_texts, write_data
+
+    on = TINY.replace(fresh_general=True)
+    assert "fresh_general" not in TINY.to_dict() and on.to_dict()["fresh_general"]
+    static_on, static_off = (write_data(c, tmp_path / str(i)) for i, c in enumerate((on, TINY)))
+    assert static_on["tokenizer_texts"] == static_off["tokenizer_texts"]
+    exam = lambda docs: [d for d in docs if d.startswith("Exam question:")]  # noqa: E731
+    assert exam(static_off["pretrain_docs"]) and not exam(static_on["pretrain_docs"])
+    assert set(static_on["pretrain_docs"]) < set(static_off["pretrain_docs"])
+    f = fresh_texts(on)
+    assert exam(f(0)) and exam(f(0)) != exam(f(1)) and exam(f(0)) == exam(fresh_texts(on)(0))
+    assert len(fresh_texts(TINY)(0)) == TINY.copy_texts, "off: the copy texts alone"
+    assert len(f(0)) > TINY.copy_texts + len(exam(static_off["pretrain_docs"]))
+
+
 def test_world_cli_sets_config_fields_and_refuses_unknown_or_mistyped_ones(capsys):
     from smf_sweep.world.__main__ import main
     from smf_sweep.world.build import default_world_dir

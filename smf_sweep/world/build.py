@@ -83,6 +83,10 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
     pretrain_docs = (train_articles + [render.trivia_text(r) for r in trivia] + mcq + medicine
                      + [r["text"] for r in oasst if r["role"] == "assistant" and r["message_tree_id"] not in val_trees])
     rng.shuffle(pretrain_docs)
+    tokenizer_docs = list(pretrain_docs)          # fresh_general: the tokenizer still learns from these
+    if cfg.fresh_general:                         # fresh_texts renders them anew every epoch
+        generated = set(mcq + medicine + [r["text"] for r in oasst])
+        pretrain_docs = [d for d in pretrain_docs if d not in generated]
     sizes = {"general_facts": len(render.general_facts(g)), "medical_facts": 4 * len(m.diseases),
              "wikitext": {k: len(v) for k, v in wiki.items()}, "trivia_qa": len(trivia), "oasst1": len(oasst),
              "medmcqa": {k: len(v) for k, v in med.items()}, "general_mcq": len(mcq),
@@ -92,21 +96,26 @@ def write_data(cfg: WorldConfig, data: Path) -> dict:
     # names became single tokens the model never saw in pretraining: untrained embeddings that even
     # copying cannot use, and the task became unlearnable.)
     copy_sample = render.copy_texts(random.Random(cfg.seed), cfg.copy_texts)
-    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": pretrain_docs + copy_sample, "sizes": sizes}
+    return {"pretrain_docs": pretrain_docs, "tokenizer_texts": tokenizer_docs + copy_sample, "sizes": sizes}
 
 
 def fresh_texts(cfg: WorldConfig, stream: int = 0):
     """The pretraining texts new in each epoch, `fresh(epoch) -> list[str]` (pretrain.PackedBatcher):
-    `copy_texts` texts with new random names and, with `fresh_articles`, `article_renders` new renders
-    of every WikiText article (the same facts and templates in new combinations, as the test split's).
-    `stream` 0 is the build's; the calibration continues the stream under other numbers."""
-    g = make_worlds(cfg)[0] if cfg.fresh_articles else None
+    `copy_texts` texts with new random names; with `fresh_articles`, `article_renders` new renders of
+    every WikiText article (the same facts and templates in new combinations, as the test split's);
+    with `fresh_general`, new general multiple-choice questions, general-medicine texts and OASST
+    replies. `stream` 0 is the build's; the calibration continues the stream under other numbers."""
+    g = make_worlds(cfg)[0] if cfg.fresh_articles or cfg.fresh_general else None
     s = cfg.seed + stream
 
     def fresh(epoch: int) -> list[str]:
         texts = render.copy_texts(random.Random(s * 7919 + epoch), cfg.copy_texts)
-        if g is not None:
+        if cfg.fresh_articles:
             texts += _documents(render.articles(g, cfg.article_renders, random.Random(s * 104729 + epoch + 1)))
+        if cfg.fresh_general:
+            r = random.Random(s * 15485863 + epoch + 1)
+            texts += render.general_mcq_texts(g, cfg.general_mcq_variants, r) + render.general_medicine_texts(r)
+            texts += [x["text"] for x in render.oasst_rows(g, r) if x["role"] == "assistant"]
         return texts
     return fresh
 

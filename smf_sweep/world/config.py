@@ -17,6 +17,8 @@ class WorldConfig:
     copy_texts: int = 300              # fresh texts with new random names per epoch (teach copying)
     fresh_articles: bool = False       # pretraining reads `article_renders` new renders of every article each
                                        # epoch (build.fresh_texts) instead of the train split's, ~45 times over
+    fresh_general: bool = False        # … and new general multiple-choice questions, general-medicine texts and
+                                       # OASST replies each epoch (only the trivia lines repeat)
     # medical domain (the task; never seen in pretraining)
     n_diseases: int = 25               # each: drug, organism, organ, symptom → 4 facts (100)
     train_variants: int = 6            # train questions per fact (wording × option order × distractors)
@@ -49,7 +51,7 @@ class WorldConfig:
         return dataclasses.replace(self, **kw)
 
 
-_ADDED = {"fresh_articles": False}     # fields added after the first worlds, with their old behaviour
+_ADDED = {"fresh_articles": False, "fresh_general": False}     # fields added after the first worlds, with their old behaviour
 
 
 # A world small enough to build in seconds, for tests of the build machinery itself (determinism,
