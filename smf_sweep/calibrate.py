@@ -116,17 +116,6 @@ def pretraining_batches(world: Path, tokenizer, micro_batch_size: int, seed: int
     return PackedBatcher([encode(d) for d in docs], encode, cfg, fresh_texts(wcfg, stream=1000 + seed))
 
 
-def _pretraining_stream(world: Path, micro_batch_size: int, seed: int, tokenizer):
-    return pretraining_batches(world, tokenizer, micro_batch_size, seed)
-
-
-def _format_shift_stream(examples, t, seed: int, tokenizer):
-    from .batching import Batcher
-
-    return Batcher(examples, tokenizer, micro_batch_size=t.micro_batch_size, max_len=t.max_len,
-                   effective_batch=t.effective_batch, order=t.batch_order, seed=seed)
-
-
 def continue_training(cfg, batches, batch: int, steps: int) -> dict:
     """Full FT of the base model on `batches` (a Batcher, or a function of the tokenizer that makes
     one) for `steps` optimizer steps (the medical runs' budget) at the trial's TrainConfig and method
@@ -217,17 +206,19 @@ def main(argv: list[str] | None = None) -> int:
         medical.append(row)
         print(f"medical lr {lr:g}: " + "  ".join(f"{k} {v:+.1f}" for k, v in row.items() if k != "lr"), flush=True)
 
-    from .batching import text_examples
+    from .batching import Batcher, text_examples
 
-    general, shifted, texts = [], [], general_texts(world)
+    general, shifted, examples = [], [], text_examples(general_texts(world))
     base_seeds = [int(x) for x in args.base_seeds.split(",")]
     for lr in (lo, math.sqrt(lo * hi), hi):
         runs = [("pretraining", general, s) for s in base_seeds] + [("format shift", shifted, args.seed)]
         for name, rows, seed in runs:
             cfg = worker_config(spec, args.arm, {**params, "lr": lr}, seed)
             t = cfg.train
-            batches = (functools.partial(_pretraining_stream, world, t.micro_batch_size, seed) if name == "pretraining"
-                       else functools.partial(_format_shift_stream, text_examples(texts), t, cfg.seed))
+            batches = (functools.partial(pretraining_batches, world, micro_batch_size=t.micro_batch_size, seed=seed)
+                       if name == "pretraining" else
+                       functools.partial(Batcher, examples, micro_batch_size=t.micro_batch_size, max_len=t.max_len,
+                                         effective_batch=t.effective_batch, order=t.batch_order, seed=cfg.seed))
             after = continue_training(cfg, batches, spec.probe_batch_size, steps)
             row = {"lr": lr, "seed": seed, "steps": after.pop("steps"), **_deltas(base, after)}
             rows.append(row)

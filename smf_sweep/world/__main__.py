@@ -13,6 +13,7 @@ import sys
 
 import yaml
 
+from ..spec import load_yaml
 from .build import build_world, default_world_dir
 from .config import WorldConfig
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fields(sets: list[str]) -> dict:
-    """{field: value} of `FIELD=VALUE` items (values read as YAML), checked against WorldConfig's fields."""
+    """{field: value} of `FIELD=VALUE` items (values read as YAML, spec.load_yaml), checked against
+    WorldConfig's fields and their types."""
     names = {f.name: f for f in dataclasses.fields(WorldConfig)}
     out = {}
     for item in sets:
@@ -65,13 +67,15 @@ def _fields(sets: list[str]) -> dict:
             raise ValueError(f"{item!r}: expected FIELD=VALUE with FIELD one of "
                              f"{', '.join(n for n in names if n != 'seed')} (the seed is --seed)")
         default = names[k].default
-        value = yaml.safe_load(v)
         try:
-            if isinstance(default, bool) != isinstance(value, bool):
-                raise TypeError
-            out[k] = type(default)(value) if isinstance(default, bool) else type(default)(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"{item!r}: {k} is a {type(default).__name__} (default {default!r})") from None
+            value = load_yaml(v)                  # the specs' reader: 1e-3 is a float, true a bool
+        except yaml.YAMLError:
+            value = None
+        if type(default) is float and type(value) is int:
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"{item!r}: {k} is a {type(default).__name__} (default {default!r})")
+        out[k] = value
     return out
 
 
