@@ -109,7 +109,7 @@ def pretraining_batches(world: Path, tokenizer, micro_batch_size: int, seed: int
     from .world.config import WorldConfig
     from .world.pretrain import PackedBatcher, encoder
 
-    wcfg = WorldConfig(**json.loads((world / "world.json").read_text())["config"])
+    wcfg = WorldConfig.from_dict(json.loads((world / "world.json").read_text())["config"])
     docs = _pretraining_docs(wcfg)
     encode = encoder(tokenizer)
     cfg = wcfg.replace(batch_size=micro_batch_size, seed=wcfg.seed + 1000 + seed)

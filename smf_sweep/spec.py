@@ -28,6 +28,7 @@ from .curves import CurveConfig
 from .methods import METHODS
 from .probes import TASKS, VARIANTS
 from .train_loop import TrainConfig
+from .yamlio import load_yaml
 
 
 class SpecError(ValueError):
@@ -335,27 +336,6 @@ def _param(value, where: str) -> Param:
     if kind in ("int", "logint") and not (float(low).is_integer() and float(high).is_integer()):
         raise _err(where, f"{kind} needs integer bounds, got {arg!r}")
     return Param(kind, low=low, high=high)
-
-
-class _Loader(yaml.SafeLoader):
-    """PyYAML reads `1e-4` (no dot) as a string, YAML 1.2 and every researcher as a float.
-    Hand-written: PyYAML has no YAML 1.2 mode, and ruamel.yaml (1.2) would be a new dependency that
-    also changes other scalars (yes/no/on/off stop being booleans) in every shipped spec."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def load_yaml(text: str) -> Any:
-    """yaml.safe_load, with exponents without a dot (1e-4, 3E5) read as floats."""
-    return yaml.load(text, Loader=_Loader)
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, Any]:

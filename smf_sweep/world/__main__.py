@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from ..spec import load_yaml
+from ..yamlio import load_yaml
 from .build import build_world, default_world_dir
 from .config import WorldConfig
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fields(sets: list[str]) -> dict:
-    """{field: value} of `FIELD=VALUE` items (values read as YAML, spec.load_yaml), checked against
+    """{field: value} of `FIELD=VALUE` items (values read as the specs read YAML: yamlio.load_yaml), checked against
     WorldConfig's fields and their types."""
     names = {f.name: f for f in dataclasses.fields(WorldConfig)}
     out = {}

@@ -31,9 +31,10 @@ def cache_root() -> Path:
 
 
 def world_key(cfg: WorldConfig) -> str:
-    """Hash of the config and of the generator's source code (every .py file of this package)."""
+    """Hash of the config and of the generator's source code (every .py file of this package but its
+    command line, __main__.py, which builds nothing)."""
     h = hashlib.sha256(json.dumps({"cfg": cfg.to_dict(), "format": FORMAT_VERSION}, sort_keys=True).encode())
-    for f in sorted(Path(__file__).parent.glob("*.py")):
+    for f in sorted(p for p in Path(__file__).parent.glob("*.py") if p.name != "__main__.py"):
         h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -116,5 +116,7 @@ def pretrain(model, tokenizer, docs: list[str], cfg: WorldConfig, progress: bool
               progress=progress)
     model.eval()
     seen = cfg.steps * cfg.batch_size * cfg.seq_len
-    return {"corpus_tokens": n_tokens, "tokens_seen": seen, "epochs": round(seen / n_tokens, 1),
+    epoch_tokens = batcher.per_epoch * cfg.batch_size * cfg.seq_len      # static corpus + one epoch's fresh texts
+    return {"corpus_tokens": n_tokens, "epoch_tokens": epoch_tokens, "tokens_seen": seen,
+            "epochs": round(seen / epoch_tokens, 1),
             "final_loss": round(losses[-1], 4), "seconds": round(time.perf_counter() - t0, 1)}
