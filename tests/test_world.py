@@ -160,12 +160,14 @@ def test_default_world_base_model_targets(world):
 
 @pytest.mark.slow
 def test_default_world_full_finetuning_learns_the_task(world, tmp_path):
+    """The task is learnable: full FT at the top of the calibration's range (lr 1e-3, where it gains
+    +54.6 pp at the smoke budget; at 3e-4 it gains only +11 pp on this world) passes 60 %."""
     from smf_sweep.worker import train_worker
 
     src = f"world:{world}"
     final = train_worker({
         "model": str(world / "model"), "method": "full", "method_cfg": {}, "seed": 0, "cache_dir": str(tmp_path),
-        "train": {"lr": 3e-4, "epochs": 6, "micro_batch_size": 16, "effective_batch": 16, "max_len": 512, "warmup_steps": 10,
+        "train": {"lr": 1e-3, "epochs": 6, "micro_batch_size": 16, "effective_batch": 16, "max_len": 512, "warmup_steps": 10,
                   "log_every": 50},
         "data": {"task": src, "retrofit": src}, "threads": 2,
         "probes": [{"task": "medmcqa", "source": src, "limit": 0}]}, reporter=lambda m, c: None)
@@ -189,12 +191,10 @@ def test_default_world_calibration_is_recorded_for_this_world():
 
 @pytest.mark.parametrize("control", ["no_spill_over", "gradual_forgetting", "resolution", "build", "converged_base"])
 def test_default_world_passes_its_calibration_control(control):
-    """Each control as recorded for this world; one that fails is reported as such (xfail, with its
-    numbers), never hidden: the README says what it means for the study."""
+    """Each control as recorded for this world passes (the first worlds failed converged base; their
+    records, kept for the README, say so: the test above)."""
     cal = json.loads(CALIBRATION.read_text())["calibration"][control]
     numbers = {k: v for k, v in cal.items() if k not in ("passed", "runs")}
-    if control == "converged_base" and not cal["passed"]:
-        pytest.xfail(f"converged base fails on this world (issue 15, open): {numbers}")
     assert cal["passed"], numbers
 
 
