@@ -2,16 +2,19 @@
 # Issue 16's acceptance: the same search (search_spaces/early_stopping.yaml, 10 trials) with MO-ASHA on
 # and off, search seeds 0 and 1, run one after another (on then off, per seed, so slow drift of a shared
 # machine hits both), then compared: hypervolume per device-minute and the fronts found.
-#   bash bench/early_stopping.sh [OUT_ROOT]        # about an hour on 2 cores; not part of CI
+#   bash bench/early_stopping.sh [OUT_ROOT] [--set KEY=VALUE ...]   # about an hour on 2 cores; not part of CI
+# Every --set goes to each sweep (e.g. --set world.fresh_general=false: another world).
 set -euo pipefail
 root=${1:-runs}
+shift $(( $# > 0 ? 1 : 0 ))
+sets=("$@")
 for seed in 0 1; do
   for arm in on off; do
     extra=()
     [ "$arm" = off ] && extra=(--set search.early_stopping=null)
     echo "== es_${arm}_s${seed} $(date -u +%H:%M:%S)"
     /usr/bin/time -f "es_${arm}_s${seed}: %e s wall" python -m smf_sweep.tune search_spaces/early_stopping.yaml \
-      --storage "$root" --set "name=es_${arm}_s${seed}" --set "search.seed=${seed}" "${extra[@]}" --quiet --json | tail -1
+      --storage "$root" --set "name=es_${arm}_s${seed}" --set "search.seed=${seed}" "${sets[@]}" "${extra[@]}" --quiet --json | tail -1
   done
 done
 python -m analysis.compare "$root"/es_on_s0 "$root"/es_on_s1 "$root"/es_off_s0 "$root"/es_off_s1 --out "$root/es_compare"
