@@ -5,7 +5,8 @@ objectives with curves (gain vs forgetting by default), in step order (line + ma
 training large, black edge), the method's checkpoint front as a step line; bottom: kl_general
 against step (one line per trial) and forgetting against kl_general (every checkpoint).
 equal_gain.png (1600×450): forgetting and each carried per-probe value at each gain level, mean
-± 95 % CI over seeds per method (SMF per selector; analysis.equal_gain).
+± 95 % CI over seeds per method (SMF per selector; analysis.equal_gain); a panel whose means span
+orders of magnitude (a wrecked model beside the rest) is drawn on a symlog axis, and says so.
 """
 from __future__ import annotations
 
@@ -106,6 +107,12 @@ def curves_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
     _save(fig, path)
 
 
+def _wide(values: pd.Series) -> bool:
+    """Whether a panel's means span orders of magnitude: the largest above 50 × max(1, the median)."""
+    v = values.dropna().abs()
+    return not v.empty and v.max() > 50 * max(1.0, float(v.median()))
+
+
 def equal_gain_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
     """Panels: each comparison's key (forgetting), then the first comparison's carried columns."""
     first = a.comparisons[0]
@@ -130,7 +137,9 @@ def equal_gain_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
         ax.set_xticks(a.gains)
         ax.set_xlabel(label(obj, GAIN).replace("gain", "gain level g"))
-        ax.set_ylabel(_ylabel(obj, col))
+        ax.set_ylabel(_ylabel(obj, col) + (" (symlog)" if _wide(c.summary[col]) else ""))
+        if _wide(c.summary[col]):         # a wrecked model's forgetting (×1000) would flatten every other method
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(f"{obj.short(col) if col != curves.KL else 'KL drift'} at gain g", fontsize=10)
         ax.grid(alpha=0.25)
     if not any(ax.get_legend_handles_labels()[0] for ax in axes):

@@ -261,3 +261,14 @@ def test_help_and_bad_gains(store):
     assert r.returncode == 0 and "--gains" in r.stdout and "--no-curves" in r.stdout and "curves.png" in r.stdout
     r = cli(store["dir"], "--gains", "five")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: --gains:"), r.stderr
+
+
+def test_a_panel_spanning_orders_of_magnitude_is_drawn_symlog():
+    """equal_gain.png: a wrecked model's forgetting (×1000 the others') switches its panel to a symlog
+    axis; ordinary spreads, missing levels and small values keep a linear one."""
+    from analysis.curve_plots import _wide
+
+    assert _wide(pd.Series([1.3, 4.4, 1337.0, 3.7, None]))
+    assert not _wide(pd.Series([1.3, 4.4, 47.8, 3.7]))
+    assert not _wide(pd.Series([0.01, 0.02, 0.9])), "below 1 the median does not shrink the bar"
+    assert not _wide(pd.Series([None, None], dtype=float))
