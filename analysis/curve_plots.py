@@ -137,8 +137,9 @@ def equal_gain_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
         ax.set_xticks(a.gains)
         ax.set_xlabel(label(obj, GAIN).replace("gain", "gain level g"))
-        ax.set_ylabel(_ylabel(obj, col) + (" (symlog)" if _wide(c.summary[col]) else ""))
-        if _wide(c.summary[col]):         # a wrecked model's forgetting (×1000) would flatten every other method
+        wide = _wide(c.summary[col])      # a wrecked model's forgetting (×1000) would flatten every other method
+        ax.set_ylabel(_ylabel(obj, col) + (" (symlog)" if wide else ""))
+        if wide:
             ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(f"{obj.short(col) if col != curves.KL else 'KL drift'} at gain g", fontsize=10)
         ax.grid(alpha=0.25)
