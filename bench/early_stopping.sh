@@ -3,12 +3,14 @@
 # and off, search seeds 0 and 1, run one after another (on then off, per seed, so slow drift of a shared
 # machine hits both), then compared: hypervolume per device-minute and the fronts found.
 #   bash bench/early_stopping.sh [OUT_ROOT] [--set KEY=VALUE ...]   # about an hour on 2 cores; not part of CI
-# Every --set goes to each sweep (e.g. --set world.fresh_general=false: another world).
+#   SEEDS="1 2" bash bench/early_stopping.sh runs/es                # other search seeds, added to OUT_ROOT
+# Every --set goes to each sweep (e.g. --set world.fresh_general=false: another world). The comparison at the
+# end takes every es_{on,off}_s<seed> sweep under OUT_ROOT, so seeds run at different times are compared together.
 set -euo pipefail
 root=${1:-runs}
 shift $(( $# > 0 ? 1 : 0 ))
 sets=("$@")
-for seed in 0 1; do
+for seed in ${SEEDS:-0 1}; do
   for arm in on off; do
     extra=()
     [ "$arm" = off ] && extra=(--set search.early_stopping=null)
@@ -17,4 +19,4 @@ for seed in 0 1; do
       --storage "$root" --set "name=es_${arm}_s${seed}" --set "search.seed=${seed}" "${sets[@]}" "${extra[@]}" --quiet --json | tail -1
   done
 done
-python -m analysis.compare "$root"/es_on_s0 "$root"/es_on_s1 "$root"/es_off_s0 "$root"/es_off_s1 --out "$root/es_compare"
+python -m analysis.compare "$root"/es_on_s* "$root"/es_off_s* --out "$root/es_compare"
