@@ -7,9 +7,9 @@ and without early stopping, two search seeds each), usable for any sweeps with t
 
 Writes into --out: compare.png (hypervolume by trials ended and by device-minutes, one line per sweep;
 every sweep's finished trials and front) and compare.md (per sweep and per group: trials, compute,
-final hypervolume, hypervolume per device-minute, the groups' ratio; each method's trials by where
-they ended; the fronts' best gains). A sweep's group is --groups', else "early stopping" when its
-spec (spec.json in the sweep dir) turned it on, else "no early stopping".
+final hypervolume, hypervolume per device-minute and per training token, the groups' ratios; each
+method's trials by where they ended; the fronts' best gains). A sweep's group is --groups', else
+"early stopping" when its spec (spec.json in the sweep dir) turned it on, else "no early stopping".
 Exit status: 0 written, 1 a sweep without hypervolume progress, 2 bad source / unreachable store.
 """
 from __future__ import annotations
@@ -77,12 +77,15 @@ def per_sweep(name: str, group: str, sweep, budget: float, seed=None) -> dict:
     front = fin[nondominated(fin, obj.senses)] if len(fin) else fin
     hv = float(prog["hypervolume"].dropna().iloc[-1]) if prog["hypervolume"].notna().any() else float("nan")
     compute_min = float(prog["compute_s"].iloc[-1]) / 60.0 if len(prog) else float("nan")
+    # training tokens (cost/tokens: what the optimizer saw), blind to start-up and probing
+    tokens_m = float(search["cost/tokens"].sum()) / 1e6 if "cost/tokens" in search else float("nan")
     gain, forget = obj.names[0], "forgetting" if "forgetting" in fin else obj.names[1]
     best = {m: (float(g[g[forget] <= budget][gain].max()) if (g[forget] <= budget).any() else float("nan"))
             for m, g in fin.groupby("method")}
     return {"sweep": name, "group": group, "experiment": sweep.experiment_name, "seed": seed,
             "ended": len(prog), "finished": len(fin), "stopped": int(stopped.sum()),
             "compute_min": compute_min, "hypervolume": hv, "hv_per_min": hv / compute_min if compute_min else float("nan"),
+            "tokens_m": tokens_m, "hv_per_mtok": hv / tokens_m if tokens_m else float("nan"),
             "ends": ended_by(search, stopped).groupby(search["method"]).value_counts().to_dict(),
             "front_methods": sorted(front["method"].unique()), "best_in_budget": best,
             "progress": prog, "finished_trials": fin, "front": front, "gain": gain, "forget": forget,
@@ -102,18 +105,19 @@ def table(rows: list[dict], budget: float) -> str:
     groups = list(dict.fromkeys(r["group"] for r in rows))
     lines = ["# Sweeps compared", "", "## Per sweep", "",
              "| sweep | group | trials ended | finished | stopped early | compute (device-min) | hypervolume |"
-             " hypervolume per device-min | methods on the front |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             " hypervolume per device-min | training tokens (M) | hypervolume per M tokens | methods on the front |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['sweep']} | {r['group']} | {r['ended']} | {r['finished']} | {r['stopped']} | "
                      f"{r['compute_min']:.1f} | {r['hypervolume']:.4g} | {r['hv_per_min']:.4g} | "
-                     f"{', '.join(r['front_methods'])} |")
+                     f"{r['tokens_m']:.3g} | {r['hv_per_mtok']:.4g} | {', '.join(r['front_methods'])} |")
     lines += ["", "## Per group (mean, min–max over its sweeps)", "",
               "| group | sweeps | compute (device-min) | hypervolume | hypervolume per device-min |", "|---|---|---|---|---|"]
-    per_min = {}
+    per_min, per_tok = {}, {}
     for g in groups:
         rs = [r for r in rows if r["group"] == g]
         per_min[g] = [r["hv_per_min"] for r in rs]
+        per_tok[g] = [r["hv_per_mtok"] for r in rs]
         lines.append(f"| {g} | {len(rs)} | {_mean_spread([r['compute_min'] for r in rs])} | "
                      f"{_mean_spread([r['hypervolume'] for r in rs])} | {_mean_spread(per_min[g])} |")
     if len(groups) >= 2:
@@ -122,6 +126,11 @@ def table(rows: list[dict], budget: float) -> str:
         a, b = groups[0], groups[1]
         ratio = np.mean(per_min[a]) / np.mean(per_min[b])
         lines += ["", f"Hypervolume per device-minute, {a} ÷ {b}: **{ratio:.2f}×** (ratio of the groups' means)."]
+        if all(x == x for x in per_tok[a] + per_tok[b]):
+            ratio = np.mean(per_tok[a]) / np.mean(per_tok[b])
+            lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio:.2f}× (the same ratio with compute counted"
+                          " as the tokens the optimizer saw: blind to each trial's start-up and probes, the fixed costs"
+                          " a long trial on a GPU makes small)."]
     lines += ["", "## How each method's trials ended", "",
               "| sweep | method | " + " | ".join(["ended"]) + " |", "|---|---|---|"]
     for r in rows:

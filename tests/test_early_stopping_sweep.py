@@ -175,7 +175,8 @@ def test_analysis_reads_stopped_trials_as_stopped_and_counts_their_compute(sweep
 
 def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     """analysis.compare on the real sweep (twice, as two groups): its per-sweep row counts the ended,
-    finished and stopped trials and the compute the sweep logged; equal sweeps have a ratio of 1.00;
+    finished and stopped trials, the compute the sweep logged and the training tokens its trials
+    logged; equal sweeps have a ratio of 1.00 by either cost;
     each method's trials are listed by where they ended; the figure is written."""
     from analysis.compare import main
     from analysis.runs import load
@@ -189,5 +190,9 @@ def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     row = f"| {sweep['spec'].name} | a | 4 | {summary['finished']} | {summary['stopped']} | {minutes:.1f} |"
     assert row in text, text
     assert "a ÷ b: **1.00×**" in text
+    search = s.trials[s.trials["stage"].fillna("search") == "search"]
+    tokens_m = search["cost/tokens"].sum() / 1e6    # training tokens, stopped trials' to their rung
+    assert tokens_m > 0 and f"| {tokens_m:.3g} | " in text, text
+    assert "Hypervolume per training token, a ÷ b: 1.00×" in text
     assert f"| lora | {summary['finished']} finished, 1 stopped at step " in text or summary["stopped"] > 1, text
     assert (tmp_path / "compare.png").stat().st_size > 10_000
