@@ -1,8 +1,8 @@
 """Sweeps side by side: hypervolume against trials and compute, the fronts found, and what early
 stopping (scheduler.MOASHA) did to each method. Made for issue 16's acceptance (the same search with
-and without early stopping, two search seeds each), usable for any sweeps with the same objectives.
+and without early stopping, a few search seeds each), usable for any sweeps with the same objectives.
 
-    python -m analysis.compare runs/es_on_s0 runs/es_on_s1 runs/es_off_s0 runs/es_off_s1 --out runs/es_compare
+    python -m analysis.compare runs/es_on_s* runs/es_off_s* --out runs/es_compare
     python -m analysis.compare A B --groups "early stopping,baseline"
 
 Writes into --out: compare.png (hypervolume by trials ended and by device-minutes, one line per sweep;
