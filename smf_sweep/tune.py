@@ -277,7 +277,7 @@ def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
     except Exception as e:
         reason = str(e) if isinstance(e, TrialFailed) else describe_error(e)   # TrialFailed: already a reason
         try:
-            tune.report({"failure_reason": reason, "trial_failed": 1, **cost(method, time.perf_counter() - t0, {})})
+            report_last({"failure_reason": reason, "trial_failed": 1, **cost(method, time.perf_counter() - t0, {})})
         except Exception:  # noqa: BLE001 — the raise below still carries the reason
             pass
         raise TrialFailed(reason) from e
@@ -285,7 +285,42 @@ def sweep_trial(config: dict, spec: Spec, base: dict) -> None:
     obj = Objectives.from_spec(spec, base)
     if obj.constraints:
         out[VIOLATION] = obj.violation(out)
-    tune.report({**out, "trial_done": 1})
+    report_last({**out, "trial_done": 1})
+
+
+def report_last(metrics: dict, *, timeout_s: float = 60.0, settle_s: float = 0.25) -> None:
+    """tune.report(metrics) from a trial's driver as the trial's last result, after every report
+    of its Ray Train run has reached Tune.
+
+    The run's worker reports reach Tune through TuneReportCallback: the Train controller puts each
+    in the Tune session's inter-actor queue (a blocking put, done before `fit()` returns or raises),
+    and the Tune actor's main thread moves it to the session's result queue when it next polls.
+    That thread polls the inter-actor queue, then the result queue, 0.2 s each, so a driver report
+    made right after `fit()` can overtake a worker report still waiting in the inter-actor queue
+    (seen in CI: the worker's placement-group report, sent at start-up, reached the controller in the
+    same poll as the worker's error and became the failed trial's last result, without its
+    `failure_reason`; a finished trial's last result could likewise be its worker's final one,
+    without objectives, and Optuna would record it FAIL). So this waits until both queues stay
+    empty for `settle_s` (the main thread moves an item from one to the other without blocking in
+    between), at most `timeout_s`. Ray internals (the session's `_inter_actor_queue` and
+    `result_queue`, Ray 2.60); outside a Tune session with them it only reports."""
+    from ray import tune
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    inter = getattr(session, "_inter_actor_queue", None)
+    results = getattr(session, "result_queue", None)
+    if inter is not None and results is not None:
+        end, quiet_since = time.monotonic() + timeout_s, None
+        while time.monotonic() < end:
+            if inter.empty() and results.empty():
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle_s:
+                    break
+            else:
+                quiet_since = None
+            time.sleep(0.05)
+    tune.report(metrics)
 
 
 class Describe:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import pickle
 import traceback
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -175,3 +176,40 @@ def test_a_failing_trials_reason_reaches_tune_optuna_and_mlflow(tiny_world, tmp_
     exp = client.get_experiment_by_name("smf_sweep/fails")
     (run,) = client.search_runs([exp.experiment_id], filter_string="tags.`smf_sweep.role` = 'trial'")
     assert run.info.status == "FAILED" and run.data.tags["failure_reason"] == reason
+
+
+# ---- the driver's report is the trial's last result, after its Train run's reports --------------
+@pytest.mark.slow
+def test_the_drivers_report_is_the_trials_last_result(tmp_path):
+    """With a bare tune.report here, Ray 2.60's Tune actor takes the worker's report out of the
+    inter-actor queue while the driver's holds the one-slot result queue, and the trial hangs (every
+    trial of this test, measured), or it picks the driver's first, and the worker's becomes the last
+    result (the failed trial in CI whose last result had no failure_reason). report_last waits."""
+    import ray
+    from ray import tune
+
+    def reports_then_driver(config):
+        """A Tune trial whose Train run's last report is still in flight when its driver reports:
+        the report goes in through Ray's own TuneReportCallback (as the Train controller hands it
+        over), then the driver reports at once, as sweep_trial does after fit(). (Defined here so
+        that Ray pickles it by value: Ray's workers cannot import this test module.)"""
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        from smf_sweep.tune import report_last
+
+        TuneReportCallback().after_report(run_context=None, metrics=[{"worker_report": 1}], checkpoint=None)
+        report_last({"driver_report": 1})
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(
+            reports_then_driver, param_space={"i": tune.grid_search(list(range(4)))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=2, time_budget_s=120),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), name="order", verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    assert len(results) == 4
+    for r in results:
+        assert r.error is None, r.error
+        rows = [json.loads(line) for line in (Path(r.path) / "result.json").read_text().splitlines()]
+        assert [("worker_report" in x, "driver_report" in x) for x in rows] == [(True, False), (False, True)], rows
