@@ -302,7 +302,7 @@ def report_last(metrics: dict, *, timeout_s: float = 60.0, settle_s: float = 0.2
     `failure_reason`; a finished trial's last result could likewise be its worker's final one,
     without objectives, and Optuna would record it FAIL). So this waits until both queues stay
     empty for `settle_s` (the main thread moves an item from one to the other without blocking in
-    between), at most `timeout_s`; if asking the queue fails, it reports at once. Ray internals (the session's `_inter_actor_queue` and
+    between), at most `timeout_s`. Ray internals (the session's `_inter_actor_queue` and
     `result_queue`, Ray 2.60); outside a Tune session with them it only reports."""
     from ray import tune
     from ray.train._internal.session import get_session
@@ -312,18 +312,14 @@ def report_last(metrics: dict, *, timeout_s: float = 60.0, settle_s: float = 0.2
     results = getattr(session, "result_queue", None)
     if inter is not None and results is not None:
         end, quiet_since = time.monotonic() + timeout_s, None
-        try:
-            while time.monotonic() < end:
-                if inter.empty() and results.empty():       # inter.empty(): a call to the queue's actor
-                    quiet_since = quiet_since or time.monotonic()
-                    if time.monotonic() - quiet_since >= settle_s:
-                        break
-                else:
-                    quiet_since = None
-                time.sleep(0.05)
-        except Exception as e:  # noqa: BLE001 — the queue's actor gone: report anyway, the result matters more
-            print(f"warning: could not wait for the Train run's reports ({type(e).__name__}: {e}); reporting",
-                  file=sys.stderr)
+        while time.monotonic() < end:
+            if inter.empty() and results.empty():
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle_s:
+                    break
+            else:
+                quiet_since = None
+            time.sleep(0.05)
     tune.report(metrics)
 
 

@@ -213,23 +213,3 @@ def test_the_drivers_report_is_the_trials_last_result(tmp_path):
         assert r.error is None, r.error
         rows = [json.loads(line) for line in (Path(r.path) / "result.json").read_text().splitlines()]
         assert [("worker_report" in x, "driver_report" in x) for x in rows] == [(True, False), (False, True)], rows
-
-
-def test_report_last_reports_when_the_queue_cannot_be_asked(monkeypatch, capsys):
-    """The inter-actor queue's actor gone: the trial's result is still reported, with a warning."""
-    import ray.train._internal.session as session_mod
-    import ray.tune
-
-    from smf_sweep.tune import report_last
-
-    class Gone:
-        def empty(self):
-            raise RuntimeError("actor died")
-
-    sent = []
-    monkeypatch.setattr(session_mod, "get_session",
-                        lambda: SimpleNamespace(_inter_actor_queue=Gone(), result_queue=SimpleNamespace(empty=lambda: True)))
-    monkeypatch.setattr(ray.tune, "report", sent.append)
-    report_last({"trial_done": 1}, timeout_s=5)
-    assert sent == [{"trial_done": 1}]
-    assert "could not wait for the Train run's reports (RuntimeError: actor died)" in capsys.readouterr().err
