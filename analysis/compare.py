@@ -7,8 +7,9 @@ and without early stopping, a few search seeds each), usable for any sweeps with
 
 Writes into --out: compare.png (hypervolume by trials ended and by device-minutes, one line per sweep;
 every sweep's finished trials and front) and compare.md (per sweep and per group: trials, compute,
-final hypervolume, hypervolume per device-minute and per training token, the groups' ratios; each
-method's trials by where they ended; the fronts' best gains). A sweep's group is --groups', else
+final hypervolume, hypervolume per device-minute and per training token, the groups' ratios; per
+search seed, the compute each sweep took to reach the hypervolume all of that seed's sweeps reached;
+each method's trials by where they ended; the fronts' best gains). A sweep's group is --groups', else
 "early stopping" when its spec (spec.json in the sweep dir) turned it on, else "no early stopping".
 Exit status: 0 written, 1 a sweep without hypervolume progress, 2 bad source / unreachable store.
 """
@@ -92,6 +93,34 @@ def per_sweep(name: str, group: str, sweep, budget: float, seed=None) -> dict:
             "stopped_trials": search[stopped]}
 
 
+def compute_to_reach(progress, target: float) -> float:
+    """Device-minutes the sweep had spent when its front's hypervolume first reached `target`
+    (at the end of the trial that got it there); nan when it never did."""
+    hit = progress[progress["hypervolume"] >= target - 1e-9 * max(1.0, abs(target))]
+    return float(hit["compute_s"].iloc[0]) / 60.0 if len(hit) else float("nan")
+
+
+def to_target(rows: list[dict], groups: list[str]) -> list[dict]:
+    """Per search seed whose sweeps span the first two groups: the target (the lowest final
+    hypervolume among the seed's sweeps, so every one of them reached it, and 90 % of it) and each
+    group's device-minutes to reach it (mean over the group's sweeps of that seed)."""
+    import numpy as np
+
+    out = []
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        rs = [r for r in rows if r["seed"] == seed and r["hypervolume"] == r["hypervolume"]]
+        if not all(any(r["group"] == g for r in rs) for g in groups[:2]):
+            continue
+        target = min(r["hypervolume"] for r in rs)
+        row = {"seed": seed, "target": target}
+        for frac in (1.0, 0.9):
+            for g in groups[:2]:
+                row[(g, frac)] = float(np.mean([compute_to_reach(r["progress"], frac * target)
+                                                for r in rs if r["group"] == g]))
+        out.append(row)
+    return out
+
+
 def _mean_spread(xs) -> str:
     import numpy as np
 
@@ -131,6 +160,8 @@ def table(rows: list[dict], budget: float) -> str:
             lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio:.2f}× (the same ratio with compute counted"
                           " as the tokens the optimizer saw: blind to each trial's start-up and probes, the fixed costs"
                           " a long trial on a GPU makes small)."]
+    if len(groups) >= 2:
+        lines += _to_target_lines(to_target(rows, groups), groups[0], groups[1])
     lines += ["", "## How each method's trials ended", "",
               "| sweep | method | " + " | ".join(["ended"]) + " |", "|---|---|---|"]
     for r in rows:
@@ -162,6 +193,32 @@ def table(rows: list[dict], budget: float) -> str:
         vals = [r["best_in_budget"].get(m, float("nan")) for m in methods]
         lines.append(f"| {r['sweep']} | {r['group']} | " + " | ".join("—" if v != v else f"{v:+.1f}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _to_target_lines(tt: list[dict], a: str, b: str) -> list[str]:
+    """compare.md's section on compute to equal hypervolume (a time-to-target comparison)."""
+    import numpy as np
+
+    if not tt:
+        return []
+    lines = ["", "## Compute to reach the same hypervolume", "",
+             "Per search seed, the target is the lowest final hypervolume among that seed's sweeps, so every"
+             " one of them reached it: the device-minutes each spent until its front first reached the target"
+             " (and 90 % of it). Unlike hypervolume per device-minute, this does not reward a sweep for"
+             f" ending early with less. Speed-up: {b}'s minutes ÷ {a}'s.", "",
+             f"| search seed | target hypervolume | {a} | {b} | speed-up | at 90 %: {a} | {b} | speed-up |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in tt:
+        cells = []
+        for frac in (1.0, 0.9):
+            ma, mb = r[(a, frac)], r[(b, frac)]
+            cells += [f"{ma:.1f}", f"{mb:.1f}", f"{mb / ma:.2f}×" if ma else "—"]
+        lines.append(f"| {r['seed']} | {r['target']:.4g} | " + " | ".join(cells) + " |")
+    for frac, label in ((1.0, "the target"), (0.9, "90 % of it")):
+        ma, mb = np.mean([r[(a, frac)] for r in tt]), np.mean([r[(b, frac)] for r in tt])
+        lines += ["", f"Device-minutes to reach {label}, {b} ÷ {a}: **{mb / ma:.2f}×** (ratio of the means over"
+                      f" {len(tt)} seed{'s' if len(tt) > 1 else ''})."]
+    return lines
 
 
 def figure(rows: list[dict], path: Path) -> None:

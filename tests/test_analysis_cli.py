@@ -279,3 +279,29 @@ def test_compare_help_and_bad_sources(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), str(tmp_path), "--groups", "one"])
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_compute_to_the_same_hypervolume():
+    """analysis.compare's time-to-target: per search seed the target is the lower final hypervolume
+    (both sweeps reached it); each sweep's minutes are those at the end of the trial that first got
+    there; a seed with only one group is left out; the section's ratio is baseline ÷ early stopping."""
+    import pandas as pd
+
+    from analysis.compare import _to_target_lines, compute_to_reach, to_target
+
+    def row(group, seed, minutes, hvs):
+        prog = pd.DataFrame({"compute_s": [60.0 * m for m in minutes], "hypervolume": hvs})
+        return {"group": group, "seed": seed, "hypervolume": hvs[-1], "progress": prog}
+
+    on = row("es", 0, [1, 2, 3, 4], [10.0, 50.0, 90.0, 100.0])       # ends with more, and stops sooner
+    off = row("base", 0, [2, 4, 6, 8], [10.0, 40.0, 80.0, 95.0])
+    lone = row("es", 1, [1, 2], [5.0, 7.0])                            # no baseline for seed 1
+    assert compute_to_reach(off["progress"], 95.0) == 8.0
+    assert compute_to_reach(off["progress"], 96.0) != compute_to_reach(off["progress"], 96.0)   # nan: never
+    (tt,) = to_target([on, off, lone], ["es", "base"])
+    assert tt["seed"] == 0 and tt["target"] == 95.0
+    assert tt[("es", 1.0)] == 4.0 and tt[("base", 1.0)] == 8.0          # 95 first reached at 4 and at 8
+    assert tt[("es", 0.9)] == 3.0 and tt[("base", 0.9)] == 8.0          # 85.5: 90 at 3; 95 at 8
+    text = "\n".join(_to_target_lines([tt], "es", "base"))
+    assert "| 0 | 95 | 4.0 | 8.0 | 2.00× | 3.0 | 8.0 | 2.67× |" in text, text
+    assert "base ÷ es: **2.00×**" in text and "base ÷ es: **2.67×**" in text

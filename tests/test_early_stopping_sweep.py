@@ -194,5 +194,6 @@ def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     tokens_m = search["cost/tokens"].sum() / 1e6    # training tokens, stopped trials' to their rung
     assert tokens_m > 0 and f"| {tokens_m:.3g} | " in text, text
     assert "Hypervolume per training token, a ÷ b: 1.00×" in text
+    assert "Device-minutes to reach the target, b ÷ a: **1.00×**" in text, text   # equal sweeps, one seed
     assert f"| lora | {summary['finished']} finished, 1 stopped at step " in text or summary["stopped"] > 1, text
     assert (tmp_path / "compare.png").stat().st_size > 10_000
