@@ -221,7 +221,7 @@ def _to_target_lines(tt: list[dict], a: str, b: str) -> list[str]:
     return lines
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path, budget: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -244,7 +244,15 @@ def figure(rows: list[dict], path: Path) -> None:
     axes[1].set_xlabel("compute (device-minutes: wall × CPUs or GPUs)")
     for ax in axes[:2]:
         ax.set_ylabel("hypervolume of the front")
-    axes[2].set_xlabel("forgetting  ← better")
+    import pandas as pd
+
+    from analysis.curve_plots import spans_decades
+
+    wide = spans_decades(pd.concat([r["finished_trials"][r["forget"]] for r in rows]))
+    if wide:                                   # a wrecked model's forgetting (×100) would flatten the rest
+        axes[2].set_xscale("symlog", linthresh=1.0)
+    axes[2].axvline(budget, color="0.5", ls=":", lw=1.0, label=f"forgetting = {budget:g}")
+    axes[2].set_xlabel("forgetting  ← better" + (" (symlog)" if wide else ""))
     axes[2].set_ylabel("MedMCQA gain (pp)  better →")
     axes[2].set_title("finished trials and each sweep's front")
     for ax in axes:
@@ -285,7 +293,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     text = table(rows, args.budget)
     (args.out / "compare.md").write_text(text)
-    figure(rows, args.out / "compare.png")
+    figure(rows, args.out / "compare.png", args.budget)
     print(text)
     print(f"wrote {args.out / 'compare.md'} and {args.out / 'compare.png'}")
     return 0

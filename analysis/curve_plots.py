@@ -107,7 +107,7 @@ def curves_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
     _save(fig, path)
 
 
-def _wide(values: pd.Series) -> bool:
+def spans_decades(values: pd.Series) -> bool:
     """Whether a panel's means span orders of magnitude: the largest above 50 × max(1, the median)."""
     v = values.dropna().abs()
     return not v.empty and v.max() > 50 * max(1.0, float(v.median()))
@@ -137,7 +137,7 @@ def equal_gain_png(a: CurveAnalysis, obj: Objectives, title: str, path) -> None:
         ax.axhline(0, color="0.6", lw=0.8, ls="--", zorder=0)
         ax.set_xticks(a.gains)
         ax.set_xlabel(label(obj, GAIN).replace("gain", "gain level g"))
-        wide = _wide(c.summary[col])      # a wrecked model's forgetting (×1000) would flatten every other method
+        wide = spans_decades(c.summary[col])      # a wrecked model's forgetting (×1000) would flatten every other method
         ax.set_ylabel(_ylabel(obj, col) + (" (symlog)" if wide else ""))
         if wide:
             ax.set_yscale("symlog", linthresh=1.0)

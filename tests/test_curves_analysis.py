@@ -266,9 +266,9 @@ def test_help_and_bad_gains(store):
 def test_a_panel_spanning_orders_of_magnitude_is_drawn_symlog():
     """equal_gain.png: a wrecked model's forgetting (×1000 the others') switches its panel to a symlog
     axis; ordinary spreads, missing levels and small values keep a linear one."""
-    from analysis.curve_plots import _wide
+    from analysis.curve_plots import spans_decades
 
-    assert _wide(pd.Series([1.3, 4.4, 1337.0, 3.7, None]))
-    assert not _wide(pd.Series([1.3, 4.4, 47.8, 3.7]))
-    assert not _wide(pd.Series([0.01, 0.02, 0.9])), "below 1 the median does not shrink the bar"
-    assert not _wide(pd.Series([None, None], dtype=float))
+    assert spans_decades(pd.Series([1.3, 4.4, 1337.0, 3.7, None]))
+    assert not spans_decades(pd.Series([1.3, 4.4, 47.8, 3.7]))
+    assert not spans_decades(pd.Series([0.01, 0.02, 0.9])), "below 1 the median does not shrink the bar"
+    assert not spans_decades(pd.Series([None, None], dtype=float))
