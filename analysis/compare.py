@@ -225,6 +225,9 @@ def figure(rows: list[dict], path: Path, budget: float) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from analysis.curve_plots import spans_decades
 
     groups = list(dict.fromkeys(r["group"] for r in rows))
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), dpi=100)
@@ -244,10 +247,6 @@ def figure(rows: list[dict], path: Path, budget: float) -> None:
     axes[1].set_xlabel("compute (device-minutes: wall × CPUs or GPUs)")
     for ax in axes[:2]:
         ax.set_ylabel("hypervolume of the front")
-    import pandas as pd
-
-    from analysis.curve_plots import spans_decades
-
     wide = spans_decades(pd.concat([r["finished_trials"][r["forget"]] for r in rows]))
     if wide:                                   # a wrecked model's forgetting (×100) would flatten the rest
         axes[2].set_xscale("symlog", linthresh=1.0)
