@@ -160,8 +160,7 @@ def table(rows: list[dict], budget: float) -> str:
             lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio:.2f}× (the same ratio with compute counted"
                           " as the tokens the optimizer saw: blind to each trial's start-up and probes, the fixed costs"
                           " a long trial on a GPU makes small)."]
-    if len(groups) >= 2:
-        lines += _to_target_lines(to_target(rows, groups), groups[0], groups[1])
+        lines += _to_target_lines(to_target(rows, groups), a, b)
     lines += ["", "## How each method's trials ended", "",
               "| sweep | method | " + " | ".join(["ended"]) + " |", "|---|---|---|"]
     for r in rows:
