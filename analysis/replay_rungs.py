@@ -4,15 +4,18 @@
     python -m analysis.replay_rungs runs/world_study --grace 20 --eta 3 --csv replay.csv
     python -m analysis.replay_rungs runs/es_off_s1 --grace 40 --epsilon medmcqa_gain_pp=6,forgetting=3
     python -m analysis.replay_rungs runs/world_study --grace 40 --budget 20 --per-method
+    python -m analysis.replay_rungs runs/es_off_s4 --grace 40 --budget 20 --grace-per-method smf=120
 
 Before turning `search.early_stopping` on, check a rung schedule on a sweep that ran without it: the
 finished trials arrive at each rung in the order they started (the sweep's own order, as Tune starts
 them) and each is judged with the rule the scheduler applies (scheduler.survives: non-dominated sorting
 of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋; with --epsilon, the
 noise margins of search.early_stopping.epsilon; with --per-method, each trial against its own
-method's only, as search.early_stopping.per_method). Prints, per
-method (SMF per selector), how many trials would stop at each rung and how many of those are on the
-sweep's final front (finished trials, full probes): the front points this schedule would have lost;
+method's only, as search.early_stopping.per_method; with --grace-per-method, a method's first rung, as
+search.early_stopping.grace_per_method). Prints, per method (SMF per selector), how many trials would
+stop at each rung, how many of those are on the sweep's final front (finished trials, full probes):
+the front points this schedule would have lost, and the hypervolume of the arm's own front with
+its finished trials against with all of them (does the schedule drop a method that starts slow?);
 then the front's hypervolume with every trial against with the trials the replay lets finish, and
 the optimizer steps the replay would have run (a stopped trial runs to its rung) as a share of all.
 A trial's point at a rung is its first curve point at or after the rung's step.
@@ -36,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="noise margins per objective, as search.early_stopping.epsilon (default: none, MO-ASHA exactly)")
     p.add_argument("--per-method", action="store_true",
                    help="judge each trial against its own method's trials only (search.early_stopping.per_method)")
+    p.add_argument("--grace-per-method", type=_firsts, default={}, metavar="METHOD=STEPS,...",
+                   help="a method's first rung, a rung of the grace's ladder (search.early_stopping.grace_per_method)")
     p.add_argument("--budget", type=float, default=None,
                    help="the hypervolume's forgetting reference (default: the sweep's own reference point)")
     p.add_argument("--csv", default=None, help="also write one row per trial (where it would stop) to this file")
@@ -55,9 +60,17 @@ def _margins(text: str) -> dict[str, float]:
     return out
 
 
+def _firsts(text: str) -> dict[str, int]:
+    try:
+        return {m: int(v) for m, v in _margins(text).items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"METHOD=STEPS, got {text!r}") from None
+
+
 def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float] | None = None,
-           per_method: bool = False):
-    """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}."""
+           per_method: bool = False, grace_per_method: dict[str, int] | None = None):
+    """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}.
+    A method in `grace_per_method` is first judged at that rung (one of the ladder's, else ValueError)."""
     from smf_sweep.objectives import margins
     from smf_sweep.scheduler import budgets, survives
 
@@ -65,18 +78,24 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     senses = [1.0 if m == "min" else -1.0 for m in obj.modes]
     last = int(points["step"].max())
     rungs = budgets(grace, eta, last - 1)                     # a rung at the last step judges nothing
+    firsts = grace_per_method or {}
+    for m, b in firsts.items():
+        if b not in budgets(grace, eta, max(b, grace)):
+            raise ValueError(f"grace_per_method: {m}'s {b} is not a rung of grace {grace}, η {eta:g}")
     seen: dict[int, dict[str, tuple]] = {b: {} for b in rungs}
-    method = dict(zip(trials["run_id"], trials["method"])) if per_method else None
+    methods = dict(zip(trials["run_id"], trials["method"])) if (per_method or firsts) else {}
     out = {}
     for rid in trials["run_id"]:
         pts = points[points["run_id"] == rid].sort_values("step")
         out[rid] = None
         for b in rungs:
+            if b < firsts.get(methods.get(rid), grace):
+                continue
             at = pts[pts["step"] >= b].head(1)
             if at.empty or at[list(obj.names)].isna().any(axis=None):
                 break
             seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
-            if not survives(seen[b], rid, eta, eps, method):
+            if not survives(seen[b], rid, eta, eps, methods if per_method else None):
                 out[rid] = b
                 break
     return rungs, out
@@ -108,9 +127,11 @@ def main(argv=None) -> int:
         print("error: no finished trial with curves", file=sys.stderr)
         return 1
     try:
-        rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon, args.per_method)
+        rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon, args.per_method,
+                             args.grace_per_method)
     except ValueError as e:
-        print(f"error: --epsilon: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
+        flag = "--grace-per-method" if str(e).startswith("grace_per_method") else "--epsilon"
+        print(f"error: {flag}: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
         return 2
     ok = fin[feasible(fin, obj)]
     front = set(ok[nondominated(ok, obj.senses)]["run_id"])
@@ -118,23 +139,30 @@ def main(argv=None) -> int:
                      stopped_at=[stop[r] for r in fin["run_id"]], on_front=fin["run_id"].isin(front))
     print(f"{sweep.experiment_name}: {len(fin)} finished trials with curves, replayed in start order; "
           f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g}"
-          + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + (", per method" if args.per_method else "") + ")")
-    head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped"]
-    rows = []
-    for arm, g in fin.groupby("arm", sort=True):
-        stops = [int((g["stopped_at"] == b).sum()) for b in rungs]
-        rows.append([arm, len(g), *stops, int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
-                     int((g["on_front"] & g["stopped_at"].notna()).sum())])
-    rows.append(["all", len(fin), *[int((fin["stopped_at"] == b).sum()) for b in rungs],
-                 int(fin["stopped_at"].isna().sum()), int(fin["on_front"].sum()),
-                 int((fin["on_front"] & fin["stopped_at"].notna()).sum())])
-    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-    for r in rows:
-        print("| " + " | ".join(map(str, r)) + " |")
+          + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + (", per method" if args.per_method else "")
+          + "".join(f", {m} from {b}" for m, b in args.grace_per_method.items()) + ")")
     import dataclasses
 
     ref = obj if args.budget is None else dataclasses.replace(
         obj, reference=tuple((n, obj.default_reference(n, args.budget)) for n in obj.names))
+
+    def kept_hv(g) -> str:
+        recs = g.to_dict("records")
+        return f"{ref.hypervolume([r for r in recs if pd.isna(r['stopped_at'])]):.4g} of {ref.hypervolume(recs):.4g}"
+
+    head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped",
+            "its hypervolume kept"]
+    rows = []
+    for arm, g in fin.groupby("arm", sort=True):
+        stops = [int((g["stopped_at"] == b).sum()) for b in rungs]
+        rows.append([arm, len(g), *stops, int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
+                     int((g["on_front"] & g["stopped_at"].notna()).sum()), kept_hv(g)])
+    rows.append(["all", len(fin), *[int((fin["stopped_at"] == b).sum()) for b in rungs],
+                 int(fin["stopped_at"].isna().sum()), int(fin["on_front"].sum()),
+                 int((fin["on_front"] & fin["stopped_at"].notna()).sum()), kept_hv(fin)])
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(map(str, r)) + " |")
     rows_all = fin.to_dict("records")
     kept = [r for r in rows_all if pd.isna(r["stopped_at"])]
     total = int(points["step"].max())

@@ -34,6 +34,10 @@ Per method (`per_method`, a named deviation, off by default): a trial is judged 
 trials of its own method at the rung (the rung's cut-off, ⌊n/η⌋ and the fronts, over those), so a
 method that starts slow (SMF's first steps) keeps its best third instead of losing to full FT's early
 gains; the study's comparison needs every method's front, not only the overall one.
+Per-method grace (`grace_per_method`, {method: steps}, a named deviation, off by default): a method's
+trials are first judged at that rung instead of at `grace`: SMF at a high learning rate trails the
+others at step 40 and leads its method by step 120 (README, issue 16). The value must be one of the
+rungs grace·η^k, so that the method's trials meet the other methods' at every rung they reach.
 Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
 not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).
 
@@ -161,6 +165,7 @@ class MOASHA(FIFOScheduler):
 
     def __init__(self, objectives: "O.Objectives", *, grace: int, eta: float = 3, tie_break: str = "crowding",
                  epsilon: Mapping[str, float] | None = None, per_method: bool = False,
+                 grace_per_method: Mapping[str, int] | None = None,
                  total_steps: Callable[[dict], int | None] | None = None,
                  cost: Callable[[dict, float, float | None], dict] | None = None):
         if not (isinstance(grace, int) and grace >= 1):
@@ -174,6 +179,12 @@ class MOASHA(FIFOScheduler):
             raise ValueError(f"early stopping judges the curve's points, which have no {', '.join(costs)}")
         self.eps = O.margins(objectives.names, epsilon)
         self.per_method = bool(per_method)
+        self.first = dict(grace_per_method or {})     # method -> its first rung (steps); others: grace
+        for method, first in self.first.items():
+            ladder = budgets(grace, eta, max(first, grace) * eta)
+            if first not in ladder:
+                raise ValueError(f"early_stopping.grace_per_method.{method}: one of the rungs grace·η^k "
+                                 f"({', '.join(map(str, ladder))}, …), got {first!r}")
         super().__init__()
         self.obj, self.grace, self.eta, self.tie_break = objectives, grace, float(eta), tie_break
         self.total_steps, self.cost = total_steps, cost
@@ -203,11 +214,13 @@ class MOASHA(FIFOScheduler):
             self.totals[trial.trial_id] = total
         return self.totals[trial.trial_id]
 
-    def rung_for(self, trial_id: str, step: int, total: int | None) -> int | None:
-        """The rung a point at `step` counts for: the highest budget reached, below the total steps
-        and above the trial's last judged rung; None when there is none."""
+    def rung_for(self, trial_id: str, step: int, total: int | None, first: int | None = None) -> int | None:
+        """The rung a point at `step` counts for: the highest budget reached, below the total steps,
+        at or above the trial's first rung (`first`, default grace) and above its last judged rung;
+        None when there is none."""
         limit = step if total is None else min(step, total - 1)
-        above = [b for b in budgets(self.grace, self.eta, limit) if b > self.judged.get(trial_id, 0)]
+        floor = max(self.judged.get(trial_id, 0) + 1, first or 0)
+        above = [b for b in budgets(self.grace, self.eta, limit) if b >= floor]
         return above[-1] if above else None
 
     def vector(self, result: Mapping) -> tuple | None:
@@ -227,13 +240,14 @@ class MOASHA(FIFOScheduler):
         step, vec = result.get(STEP), self.vector(result)
         if vec is None or not isinstance(step, (int, float)) or isinstance(step, bool):
             return TrialScheduler.CONTINUE
-        rung = self.rung_for(tid, int(step), self._total(trial))
+        method = str(trial.config.get("method", ""))
+        rung = self.rung_for(tid, int(step), self._total(trial), self.first.get(method))
         if rung is None:
             return TrialScheduler.CONTINUE
         entries = self.rungs.setdefault(rung, {})
         entries[tid] = vec
         self.judged[tid] = rung
-        self.method[tid] = str(trial.config.get("method", ""))
+        self.method[tid] = method
         if survives(entries, tid, self.eta, self.eps, self.method if self.per_method else None):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)
@@ -286,4 +300,5 @@ class MOASHA(FIFOScheduler):
         rungs = ", ".join(f"{b}: {len(e)}" for b, e in sorted(self.rungs.items())) or "none yet"
         noise = "" if self.eps is None else ", ε " + "/".join(f"{e:g}" for e in self.eps)
         noise += ", per method" if self.per_method else ""
+        noise += "".join(f", {m} from {b}" for m, b in sorted(self.first.items()))
         return f"MO-ASHA (grace {self.grace}, η {self.eta:g}, {self.tie_break}{noise}): trials per rung {rungs}"

@@ -138,7 +138,8 @@ class EarlyStopping:
     """Multi-objective early stopping (scheduler.MOASHA): at rungs of grace·η^k optimizer steps a
     trial continues while it ranks in the top 1/η of the trials the rung has seen (non-dominated
     sorting of the curve's objectives, ties in a front by crowding distance); the rest stop. Needs
-    the learning–forgetting curves (curves.every > 0) and grace >= curves.every."""
+    the learning–forgetting curves (curves.every > 0) and grace >= curves.every. A method in
+    `grace_per_method` is first judged at its own rung (one of the ladder's), later than grace."""
     grace: int = 8                     # the first rung, in optimizer steps (no trial stops before it)
     eta: float = 3.0                   # rungs grow ×η; a rung keeps its best max(1, ⌊n/η⌋) of n (n < η: all)
     tie_break: Literal["crowding"] = "crowding"   # inside the cut-off front: larger crowding distance first
@@ -147,6 +148,9 @@ class EarlyStopping:
                                        # (scheduler.py; a deviation from MO-ASHA, off when empty)
     per_method: bool = False           # judge a trial only against its own method's trials at the rung (a
                                        # slow starter such as SMF keeps its best third; a deviation, off)
+    grace_per_method: dict[str, int] = field(default_factory=dict)   # {method: its first rung, steps}: a method
+                                       # that starts slow (SMF at a high lr) is first judged later; one of the
+                                       # rungs grace·η^k, so its trials meet the others' there (a deviation, off)
     optuna: Literal["pruned", "complete", "fail"] = "pruned"   # what Optuna is told of a stopped trial:
                                        # pruned (TPE ranks it below every complete trial; on no front),
                                        # complete (its values at the rung: TPE and best_trials see them), fail (ignored)
@@ -159,6 +163,9 @@ class EarlyStopping:
             raise ValueError(f"eta: must be a number > 1, got {self.eta!r}")
         if not isinstance(self.epsilon, dict):
             raise ValueError(f"epsilon: a mapping {{objective: margin}}, got {self.epsilon!r}")
+        if not isinstance(self.grace_per_method, dict) or any(
+                isinstance(v, bool) or not isinstance(v, int) for v in self.grace_per_method.values()):
+            raise ValueError(f"grace_per_method: a mapping {{method: optimizer steps}}, got {self.grace_per_method!r}")
 
 
 @dataclass
@@ -245,7 +252,7 @@ class Spec:
         if self.search.early_stopping is None:
             d["search"].pop("early_stopping")
         else:
-            for key, off in (("epsilon", {}), ("per_method", False)):   # added later: old hashes hold
+            for key, off in (("epsilon", {}), ("per_method", False), ("grace_per_method", {})):   # added later: old hashes hold
                 if d["search"]["early_stopping"][key] == off:
                     d["search"]["early_stopping"].pop(key)
         return d
@@ -524,6 +531,16 @@ def validate(spec: Spec) -> None:
             O.margins(obj.names, es.epsilon)
         except ValueError as e:
             raise _err("search.early_stopping.epsilon", str(e).split(": ", 1)[1]) from None
+        from .scheduler import budgets      # ray's scheduler classes: only when early stopping is on
+
+        for method, first in es.grace_per_method.items():
+            where = f"search.early_stopping.grace_per_method.{method}"
+            if method not in spec.methods:
+                raise _err(where, f"not a method of this spec ({', '.join(spec.methods)})")
+            ladder = budgets(es.grace, es.eta, max(first, es.grace) * es.eta)
+            if first not in ladder:
+                raise _err(where, f"must be one of the rungs grace·η^k ({', '.join(map(str, ladder))}, …), so this "
+                                  f"method's trials meet the others' at its rungs; got {first}")
     if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
                                           or s.driver_resource in ("CPU", "GPU", "memory", "object_store_memory")):
         raise _err("search.driver_resource", f"a custom Ray resource name (e.g. smf_driver) or null, got {s.driver_resource!r}")

@@ -238,7 +238,8 @@ def make_scheduler(spec: Spec):
     from .scheduler import MOASHA
 
     return MOASHA(Objectives.from_spec(spec), grace=es.grace, eta=es.eta, tie_break=es.tie_break,
-                  epsilon=es.epsilon, per_method=es.per_method, total_steps=PlannedSteps(spec), cost=TrialCost(spec))
+                  epsilon=es.epsilon, per_method=es.per_method,
+                  grace_per_method=es.grace_per_method, total_steps=PlannedSteps(spec), cost=TrialCost(spec))
 
 
 # ---- one Tune trial ------------------------------------------------------------------------------

@@ -49,6 +49,20 @@ def test_per_method_replays_judge_each_method_on_its_own():
     assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, per_method=True)[1]["s1"] is None
 
 
+def test_a_method_with_its_own_grace_skips_the_earlier_rungs():
+    """--grace-per-method (search.early_stopping.grace_per_method): s1 trails at rung 4 and leads at 8."""
+    curves = {"f1": [(0, 0, 0), (4, 9, 1), (8, 9, 1), (12, 9, 1)],
+              "s1": [(0, 0, 0), (4, 2, 2), (8, 10, 1), (12, 12, 1)]}
+    trials = pd.DataFrame({"run_id": list(curves), "method": ["full", "smf"]})
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=2)[1]["s1"] == 4
+    rungs, stop = replay(_points(curves), trials, Objectives(), grace=4, eta=2, grace_per_method={"smf": 8})
+    assert rungs == [4, 8] and stop == {"f1": None, "s1": None}
+    import pytest
+
+    with pytest.raises(ValueError, match="not a rung of grace 4"):
+        replay(_points(curves), trials, Objectives(), grace=4, eta=2, grace_per_method={"smf": 6})
+
+
 def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys, monkeypatch, tmp_path):
     import pytest
 
@@ -59,6 +73,10 @@ def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys, monkeypatc
     with pytest.raises(SystemExit):
         parse_args(["x", "--grace", "4", "--epsilon", "forgetting"])
     assert "NAME=MARGIN" in capsys.readouterr().err
+    assert parse_args(["x", "--grace", "4", "--grace-per-method", "smf=12"]).grace_per_method == {"smf": 12}
+    with pytest.raises(SystemExit):
+        parse_args(["x", "--grace", "4", "--grace-per-method", "smf=late"])
+    assert "METHOD=STEPS" in capsys.readouterr().err
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["/nonexistent/sweep", "--grace", "4"]) == 2          # no such directory
     assert "no such sweep directory" in capsys.readouterr().err

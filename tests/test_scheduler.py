@@ -128,6 +128,28 @@ def test_per_method_rungs_judge_a_trial_against_its_own_method_only():
     assert "per method" in sched(per_method=True).debug_string()
 
 
+def test_a_method_with_its_own_grace_is_first_judged_at_that_rung():
+    """search.early_stopping.grace_per_method: a slow starter (s1, behind everyone at step 4) is not
+    judged at rung 4; at rung 8 it meets the trials that reached 8, and is judged with them."""
+    s = sched(eta=2, grace=4, grace_per_method={"smf": 8})
+    for tid, method in (("f1", "full"), ("f2", "full"), ("s1", "smf")):
+        s.__dict__.setdefault("_test_trials", {})[tid] = trial(tid, {"method": method})
+    assert feed(s, "f1", point(4, 9, 1)) == [GO]
+    assert feed(s, "f2", point(4, 8, 1.5)) == [STOP]       # behind f1 at rung 4: it is judged there
+    assert feed(s, "s1", point(4, 2, 2), point(6, 3, 2)) == [GO, GO]      # before its first rung: no entry
+    assert set(s.rungs[4]) == {"f1", "f2"} and s.judged.get("s1") is None
+    assert feed(s, "f1", point(8, 9, 1)) == [GO]
+    assert feed(s, "s1", point(8, 10, 1)) == [GO]          # rung 8 with f1: s1 now leads on gain
+    assert set(s.rungs[8]) == {"f1", "s1"} and s.judged["s1"] == 8
+    late = sched(eta=2, grace=4, grace_per_method={"smf": 8})
+    late.__dict__.setdefault("_test_trials", {})["s2"] = trial("s2", {"method": "smf"})
+    assert late.rung_for("s2", 7, 100, 8) is None and late.rung_for("s2", 9, 100, 8) == 8
+    assert late.rung_for("s2", 40, 100, 8) == 32           # jumped past 8 and 16: the highest reached
+    assert "smf from 8" in late.debug_string()
+    with pytest.raises(ValueError, match=r"grace_per_method.smf: one of the rungs grace·η\^k \(4, 8, 16, …\), got 12"):
+        sched(eta=2, grace=4, grace_per_method={"smf": 12})
+
+
 def test_margins_from_the_objectives_names():
     assert O.margins(("medmcqa_gain_pp", "forgetting"), {}) is None
     assert O.margins(("medmcqa_gain_pp", "forgetting"), {"forgetting": 3}) == (0.0, 3.0)
@@ -242,6 +264,11 @@ def test_the_scheduler_refuses_what_it_cannot_judge():
     (["curves.every=4", "search.early_stopping={grace: 4, epsilon: {gain: 6}}"], "gain is not an objective"),
     (["curves.every=4", "search.early_stopping={grace: 4, epsilon: {forgetting: -1}}"], "finite numbers >= 0"),
     (["curves.every=4", "search.early_stopping={grace: 4, epsilon: 6}"], "epsilon"),
+    (["curves.every=4", "search.early_stopping={grace: 4, grace_per_method: {smff: 12}}"],
+     "grace_per_method.smff: not a method of this spec (smf, lora, full)"),
+    (["curves.every=4", "search.early_stopping={grace: 4, eta: 3, grace_per_method: {smf: 10}}"],
+     "grace_per_method.smf: must be one of the rungs grace·η^k (4, 12, …)"),
+    (["curves.every=4", "search.early_stopping={grace: 4, grace_per_method: {smf: 8.5}}"], "grace_per_method"),
 ])
 def test_the_spec_section_is_strict(sets, words):
     with pytest.raises(SpecError) as e:
@@ -274,6 +301,9 @@ def test_off_by_default_shipped_specs_keep_their_hash_and_on_builds_the_schedule
     assert "per_method" not in on.to_dict()["search"]["early_stopping"] and not make_scheduler(on).per_method
     strata = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, per_method: true}"])
     assert strata.spec_hash() != on.spec_hash() and make_scheduler(strata).per_method
+    assert "grace_per_method" not in on.to_dict()["search"]["early_stopping"] and make_scheduler(on).first == {}
+    slow = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, grace_per_method: {smf: 8}}"])
+    assert slow.spec_hash() != on.spec_hash() and make_scheduler(slow).first == {"smf": 8}
     s = make_scheduler(on)
     assert isinstance(s, MOASHA) and (s.grace, s.eta) == (4, 2.0) and s.obj.names == ("medmcqa_gain_pp", "forgetting")
     assert isinstance(s.total_steps, PlannedSteps) and isinstance(s.cost, TrialCost)
