@@ -9,7 +9,8 @@ Writes into --out: compare.png (hypervolume by trials ended and by device-minute
 every sweep's finished trials and front) and compare.md (per sweep and per group: trials, compute,
 final hypervolume, hypervolume per device-minute and per training token, the groups' ratios; per
 search seed, the compute each sweep took to reach the hypervolume all of that seed's sweeps reached;
-each method's trials by where they ended; the fronts' best gains). A sweep's group is --groups', else
+each method's trials by where they ended; the fronts' best gains; each method's own front's
+hypervolume). A sweep's group is --groups', else
 "early stopping" when its spec (spec.json in the sweep dir) turned it on, else "no early stopping".
 Exit status: 0 written, 1 a sweep without hypervolume progress, 2 bad source / unreachable store.
 """
@@ -83,12 +84,13 @@ def per_sweep(name: str, group: str, sweep, budget: float, seed=None) -> dict:
     gain, forget = obj.names[0], "forgetting" if "forgetting" in fin else obj.names[1]
     best = {m: (float(g[g[forget] <= budget][gain].max()) if (g[forget] <= budget).any() else float("nan"))
             for m, g in fin.groupby("method")}
+    own_hv = {m: obj.hypervolume(g.to_dict("records")) for m, g in fin.groupby("method")}   # each method's front
     return {"sweep": name, "group": group, "experiment": sweep.experiment_name, "seed": seed,
             "ended": len(prog), "finished": len(fin), "stopped": int(stopped.sum()),
             "compute_min": compute_min, "hypervolume": hv, "hv_per_min": hv / compute_min if compute_min else float("nan"),
             "tokens_m": tokens_m, "hv_per_mtok": hv / tokens_m if tokens_m else float("nan"),
             "ends": ended_by(search, stopped).groupby(search["method"]).value_counts().to_dict(),
-            "front_methods": sorted(front["method"].unique()), "best_in_budget": best,
+            "front_methods": sorted(front["method"].unique()), "best_in_budget": best, "hv_by_method": own_hv,
             "progress": prog, "finished_trials": fin, "front": front, "gain": gain, "forget": forget,
             "stopped_trials": search[stopped]}
 
@@ -191,6 +193,14 @@ def table(rows: list[dict], budget: float) -> str:
     for r in rows:
         vals = [r["best_in_budget"].get(m, float("nan")) for m in methods]
         lines.append(f"| {r['sweep']} | {r['group']} | " + " | ".join("—" if v != v else f"{v:+.1f}" for v in vals) + " |")
+    lines += ["", "## Each method's own front: its hypervolume (finished trials)", "",
+              "The hypervolume of the front of one method's finished trials alone, against the sweeps' reference point:"
+              " a method whose best trials early stopping stopped (a slow starter) loses it here even where another"
+              " method's front covers them in the overall one.", "",
+              "| sweep | group | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+    for r in rows:
+        vals = [r["hv_by_method"].get(m, float("nan")) for m in methods]
+        lines.append(f"| {r['sweep']} | {r['group']} | " + " | ".join("—" if v != v else f"{v:.4g}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
 
 

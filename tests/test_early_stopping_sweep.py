@@ -196,4 +196,11 @@ def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     assert "Hypervolume per training token, a ÷ b: 1.00×" in text
     assert "Device-minutes to reach the target, b ÷ a: **1.00×**" in text, text   # equal sweeps, one seed
     assert f"| lora | {summary['finished']} finished, 1 stopped at step " in text or summary["stopped"] > 1, text
+    from analysis.runs import feasible, finished
+
+    fin = finished(search, s.objectives)
+    fin = fin[feasible(fin, s.objectives)]
+    own = {m: s.objectives.hypervolume(g.to_dict("records")) for m, g in fin.groupby("method")}
+    section = text.split("## Each method's own front")[1]
+    assert own and all(f"{v:.4g}" in section for v in own.values()), section   # each method's front, on its own
     assert (tmp_path / "compare.png").stat().st_size > 10_000
