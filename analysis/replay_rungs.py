@@ -13,7 +13,8 @@ of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/
 noise margins of search.early_stopping.epsilon; with --per-method, each trial against its own
 method's only, as search.early_stopping.per_method; with --grace-per-method, a method's first rung, as
 search.early_stopping.grace_per_method). Prints, per method (SMF per selector), how many trials would
-stop at each rung, how many of those are on the sweep's final front (finished trials, full probes):
+stop at each rung (then each method whose trials span several arms, all together), how many of
+those are on the sweep's final front (finished trials, full probes):
 the front points this schedule would have lost, and the hypervolume of the arm's own front with
 its finished trials against with all of them (does the schedule drop a method that starts slow?);
 then the front's hypervolume with every trial against with the trials the replay lets finish, and
@@ -157,6 +158,11 @@ def main(argv=None) -> int:
         stops = [int((g["stopped_at"] == b).sum()) for b in rungs]
         rows.append([arm, len(g), *stops, int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
                      int((g["on_front"] & g["stopped_at"].notna()).sum()), kept_hv(g)])
+    for m, g in fin.groupby("method", sort=True):
+        if g["arm"].nunique() > 1:                             # SMF's selectors together: the method's own front
+            rows.append([f"{m}, all", len(g), *[int((g["stopped_at"] == b).sum()) for b in rungs],
+                         int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
+                         int((g["on_front"] & g["stopped_at"].notna()).sum()), kept_hv(g)])
     rows.append(["all", len(fin), *[int((fin["stopped_at"] == b).sum()) for b in rungs],
                  int(fin["stopped_at"].isna().sum()), int(fin["on_front"].sum()),
                  int((fin["on_front"] & fin["stopped_at"].notna()).sum()), kept_hv(fin)])

@@ -204,3 +204,20 @@ def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     section = text.split("## Each method's own front")[1]
     assert own and all(f"{v:.4g}" in section for v in own.values()), section   # each method's front, on its own
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+def test_the_replay_reads_the_sweep_and_reports_each_arms_hypervolume(sweep, capsys):
+    """analysis.replay_rungs on the real sweep's curves: one row per arm and the whole sweep, each with
+    the hypervolume of its own front, kept of all (finished trials, the sweep's reference point)."""
+    from analysis.replay_rungs import main
+    from analysis.runs import finished, load
+    from analysis.source import resolve
+
+    d = str(sweep["spec"].sweep_dir())
+    assert main([d, "--grace", str(GRACE), "--eta", str(ETA)]) == 0
+    out = capsys.readouterr().out
+    s = load(resolve(d))
+    fin = finished(s.trials, s.objectives)
+    hv = s.objectives.hypervolume(fin.to_dict("records"))
+    assert "| its hypervolume kept |" in out and f"| all | {len(fin)} | " in out, out
+    assert [ln for ln in out.splitlines() if ln.startswith("| all |")][0].endswith(f" of {hv:.4g} |"), out
