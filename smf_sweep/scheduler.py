@@ -35,8 +35,9 @@ trials of its own method at the rung (the rung's cut-off, ⌊n/η⌋ and the fro
 method that starts slow (SMF's first steps) keeps its best third instead of losing to full FT's early
 gains; the study's comparison needs every method's front, not only the overall one.
 Per-method grace (`grace_per_method`, {method: steps}, a named deviation, off by default): a method's
-trials are first judged at that rung instead of at `grace`: SMF at a high learning rate trails the
-others at step 40 and leads its method by step 120 (README, issue 16). The value must be one of the
+trials are first judged at that rung instead of at `grace`: on the world, SMF trials at high and low
+learning rates trailed the others at step 40 of 222 and ended on SMF's own front (README, issue 16;
+{smf: 120} kept them). The value must be one of the
 rungs grace·η^k, so that the method's trials meet the other methods' at every rung they reach.
 Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
 not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).

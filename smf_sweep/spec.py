@@ -149,7 +149,7 @@ class EarlyStopping:
     per_method: bool = False           # judge a trial only against its own method's trials at the rung (a
                                        # slow starter such as SMF keeps its best third; a deviation, off)
     grace_per_method: dict[str, int] = field(default_factory=dict)   # {method: its first rung, steps}: a method
-                                       # that starts slow (SMF at a high lr) is first judged later; one of the
+                                       # that starts slow (SMF on the world) is first judged later; one of the
                                        # rungs grace·η^k, so its trials meet the others' there (a deviation, off)
     optuna: Literal["pruned", "complete", "fail"] = "pruned"   # what Optuna is told of a stopped trial:
                                        # pruned (TPE ranks it below every complete trial; on no front),
