@@ -73,7 +73,8 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}.
     A method in `grace_per_method` is first judged at that rung (one of the ladder's, else ValueError)."""
     from smf_sweep.objectives import margins
-    from smf_sweep.scheduler import budgets, survives
+    from smf_sweep.rungs import budgets, off_ladder
+    from smf_sweep.scheduler import survives
 
     eps = margins(obj.names, epsilon)
     senses = [1.0 if m == "min" else -1.0 for m in obj.modes]
@@ -81,7 +82,7 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     rungs = budgets(grace, eta, last - 1)                     # a rung at the last step judges nothing
     firsts = grace_per_method or {}
     for m, b in firsts.items():
-        if b not in budgets(grace, eta, max(b, grace)):
+        if off_ladder(grace, eta, b) is not None:
             raise ValueError(f"grace_per_method: {m}'s {b} is not a rung of grace {grace}, η {eta:g}")
     seen: dict[int, dict[str, tuple]] = {b: {} for b in rungs}
     methods = dict(zip(trials["run_id"], trials["method"])) if (per_method or firsts) else {}

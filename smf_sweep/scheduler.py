@@ -60,6 +60,7 @@ from typing import Callable, Mapping, Sequence
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from . import objectives as O
+from .rungs import budgets, off_ladder
 
 STEP = "curve/step"                # the curve point's optimizer step (curves.Curve)
 CURVE = "curve/"                   # curves.PREFIX: a point's metrics are curve/<name>
@@ -70,18 +71,6 @@ TIE_BREAKS = ("crowding",)
 
 
 # ---- the rule -------------------------------------------------------------------------------------
-def budgets(grace: int, eta: float, upto: int) -> list[int]:
-    """The rungs' budgets ⌈grace·η^k⌉ (k = 0, 1, …) up to `upto` steps, increasing, no repeats."""
-    out, k = [], 0
-    while True:
-        b = math.ceil(grace * eta ** k - 1e-9)        # 1e-9: 3·3² is 27, not 27.000000000000004
-        if b > upto:
-            return out
-        if not out or b > out[-1]:
-            out.append(b)
-        k += 1
-
-
 def dominates(a: Sequence[float], b: Sequence[float], eps: Sequence[float] | None = None) -> bool:
     """a dominates b (every objective minimised): no worse anywhere, better somewhere; with `eps`
     (a margin per objective, >= 0), better by more than its margin somewhere."""
@@ -182,8 +171,8 @@ class MOASHA(FIFOScheduler):
         self.per_method = bool(per_method)
         self.first = dict(grace_per_method or {})     # method -> its first rung (steps); others: grace
         for method, first in self.first.items():
-            ladder = budgets(grace, eta, max(first, grace) * eta)
-            if first not in ladder:
+            ladder = off_ladder(grace, eta, first)
+            if ladder is not None:
                 raise ValueError(f"early_stopping.grace_per_method.{method}: one of the rungs grace·η^k "
                                  f"({', '.join(map(str, ladder))}, …), got {first!r}")
         super().__init__()

@@ -27,6 +27,7 @@ from .hub import is_hub_id
 from .curves import CurveConfig
 from .methods import METHODS
 from .probes import TASKS, VARIANTS
+from .rungs import off_ladder
 from .train_loop import TrainConfig
 from .yamlio import load_yaml
 
@@ -531,14 +532,12 @@ def validate(spec: Spec) -> None:
             O.margins(obj.names, es.epsilon)
         except ValueError as e:
             raise _err("search.early_stopping.epsilon", str(e).split(": ", 1)[1]) from None
-        from .scheduler import budgets      # ray's scheduler classes: only when early stopping is on
-
         for method, first in es.grace_per_method.items():
             where = f"search.early_stopping.grace_per_method.{method}"
             if method not in spec.methods:
                 raise _err(where, f"not a method of this spec ({', '.join(spec.methods)})")
-            ladder = budgets(es.grace, es.eta, max(first, es.grace) * es.eta)
-            if first not in ladder:
+            ladder = off_ladder(es.grace, es.eta, first)
+            if ladder is not None:
                 raise _err(where, f"must be one of the rungs grace·η^k ({', '.join(map(str, ladder))}, …), so this "
                                   f"method's trials meet the others' at its rungs; got {first}")
     if s.driver_resource is not None and (not re.fullmatch(r"[A-Za-z_][\w.-]*", s.driver_resource)
