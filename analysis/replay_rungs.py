@@ -148,25 +148,20 @@ def main(argv=None) -> int:
     ref = obj if args.budget is None else dataclasses.replace(
         obj, reference=tuple((n, obj.default_reference(n, args.budget)) for n in obj.names))
 
-    def kept_hv(g) -> str:
+    def row(label: str, g) -> list:
+        """A table row: where g's trials stop, finish, sit on the front, and g's own front kept of all."""
         recs = g.to_dict("records")
-        return f"{ref.hypervolume([r for r in recs if pd.isna(r['stopped_at'])]):.4g} of {ref.hypervolume(recs):.4g}"
+        kept = ref.hypervolume([r for r in recs if pd.isna(r["stopped_at"])])
+        return [label, len(g), *[int((g["stopped_at"] == b).sum()) for b in rungs], int(g["stopped_at"].isna().sum()),
+                int(g["on_front"].sum()), int((g["on_front"] & g["stopped_at"].notna()).sum()),
+                f"{kept:.4g} of {ref.hypervolume(recs):.4g}"]
 
     head = ["arm", "trials", *[f"stop @{b}" for b in rungs], "finish", "on the front", "front points stopped",
             "its hypervolume kept"]
-    rows = []
-    for arm, g in fin.groupby("arm", sort=True):
-        stops = [int((g["stopped_at"] == b).sum()) for b in rungs]
-        rows.append([arm, len(g), *stops, int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
-                     int((g["on_front"] & g["stopped_at"].notna()).sum()), kept_hv(g)])
-    for m, g in fin.groupby("method", sort=True):
-        if g["arm"].nunique() > 1:                             # SMF's selectors together: the method's own front
-            rows.append([f"{m}, all", len(g), *[int((g["stopped_at"] == b).sum()) for b in rungs],
-                         int(g["stopped_at"].isna().sum()), int(g["on_front"].sum()),
-                         int((g["on_front"] & g["stopped_at"].notna()).sum()), kept_hv(g)])
-    rows.append(["all", len(fin), *[int((fin["stopped_at"] == b).sum()) for b in rungs],
-                 int(fin["stopped_at"].isna().sum()), int(fin["on_front"].sum()),
-                 int((fin["on_front"] & fin["stopped_at"].notna()).sum()), kept_hv(fin)])
+    rows = [row(arm, g) for arm, g in fin.groupby("arm", sort=True)]
+    rows += [row(f"{m}, all", g) for m, g in fin.groupby("method", sort=True)
+             if g["arm"].nunique() > 1]                       # SMF's selectors together: the method's own front
+    rows.append(row("all", fin))
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(map(str, r)) + " |")

@@ -142,7 +142,6 @@ def test_a_method_with_its_own_grace_is_first_judged_at_that_rung():
     assert feed(s, "s1", point(8, 10, 1)) == [GO]          # rung 8 with f1: s1 now leads on gain
     assert set(s.rungs[8]) == {"f1", "s1"} and s.judged["s1"] == 8
     late = sched(eta=2, grace=4, grace_per_method={"smf": 8})
-    late.__dict__.setdefault("_test_trials", {})["s2"] = trial("s2", {"method": "smf"})
     assert late.rung_for("s2", 7, 100, 8) is None and late.rung_for("s2", 9, 100, 8) == 8
     assert late.rung_for("s2", 40, 100, 8) == 32           # jumped past 8 and 16: the highest reached
     assert "smf from 8" in late.debug_string()
