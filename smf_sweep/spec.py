@@ -246,7 +246,9 @@ class Spec:
             d.pop("constraints")
         if self.hypervolume == Hypervolume():
             d.pop("hypervolume")
-        if self.curves == CurveConfig():
+        if self.curves.subset == "first" or not self.curves.on:    # `first` was the only subset before
+            d["curves"].pop("subset")                                 # `subset` existed: those sweeps keep their hash
+        if dataclasses.replace(self.curves, subset=CurveConfig.subset) == CurveConfig():
             d.pop("curves")
         if not self.confirm.points:
             d["confirm"].pop("points")

@@ -4,10 +4,12 @@ is checked and that leaves older sweeps' spec hash alone. The null trial's flat 
 test_invariants.py."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
-from smf_sweep.curves import CurveConfig, kl_from, log_probs
+from smf_sweep.curves import CurveConfig, kl_from, log_probs, subset, subset_data
 from smf_sweep.objectives import Objectives
 from smf_sweep.spec import SpecError, load_spec
 from smf_sweep.worker import train_worker
@@ -70,6 +72,34 @@ def test_kl_drift_is_the_kl(tiny_world):
     assert kl_from(lp0, base, ids, "fp32") == pytest.approx(0.0, abs=1e-7)
 
 
+def test_the_subset_is_a_fixed_sample_in_order_or_the_head():
+    items = list(range(100))
+    drawn = subset(items, 10)
+    assert drawn == subset(items, 10) == sorted(set(drawn)) and len(drawn) == 10      # the same every time, in order
+    assert drawn != items[:10] and max(drawn) >= 50                                     # not the head
+    assert subset(items, 10, "first") == items[:10]
+    assert subset(items, 200) == subset(items, 200, "first") == items                  # fewer items than asked: all
+    with pytest.raises(ValueError, match="curves.subset"):
+        subset(items, 10, "last")
+
+
+def test_a_sampled_curve_reads_every_kind_of_fact_the_head_reads_one(tiny_world):
+    """The world lists TriviaQA's facts country by country, then cities, then people (render.py): the
+    head of the probe is one kind of fact, the sample spans them, from the items the end point scores."""
+    from smf_sweep.probes import ProbeSpec
+    from smf_sweep.world.render import QUESTIONS
+
+    kind = [(re.compile(re.escape(t).replace(re.escape("{e}"), ".+")), k) for (k, _), t in QUESTIONS.items()]
+
+    def kinds(how):
+        [(key, _, rows)] = subset_data([ProbeSpec("triviaqa", source=f"world:{tiny_world}", limit=0)], 8, how)
+        assert key == "triviaqa" and len(rows) == 8
+        return {next(k for pat, k in kind if pat.fullmatch(r["question"])) for r in rows}
+
+    assert kinds("first") == {"country"}
+    assert kinds("sample") == {"country", "city", "person"}
+
+
 SMOKE = "search_spaces/smoke.yaml"
 
 
@@ -83,6 +113,14 @@ def test_spec_curves_section_is_checked_and_default_keeps_the_hash():
         load_spec(SMOKE, ["curves.every=-1"])
     with pytest.raises(SpecError, match="unknown key"):
         load_spec(SMOKE, ["curves.evry=5"])
+    with pytest.raises(SpecError, match="curves.subset"):
+        load_spec(SMOKE, ["curves.every=7", "curves.subset=last"])
+    # `first` was every curve's subset before `subset` existed: those sweeps keep their hash; the sample
+    # reads other items, so it is another spec
+    first = load_spec(SMOKE, ["curves.every=7", "curves.subset=first"])
+    assert "subset" not in first.to_dict()["curves"] and on.curves.subset == "sample"
+    assert on.spec_hash() != first.spec_hash()
+    assert "curves" not in load_spec(SMOKE, ["curves={every: 0, subset: first}"]).to_dict()   # off: no sample
 
 
 def test_worker_config_carries_curves_and_objectives():
