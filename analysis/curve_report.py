@@ -39,10 +39,13 @@ class CurveAnalysis:
     gains_source: str
     comparisons: list[Comparison] = field(default_factory=list)
     drift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    agreement: pd.DataFrame = field(default_factory=pd.DataFrame)   # curves.agreement (with the trials' end points)
 
 
-def analyse(points: pd.DataFrame, n_trials: int, obj: Objectives, gains: list[float] | None = None) -> CurveAnalysis:
-    """Fronts, equal-gain comparisons (at `gains`, default equal_gain.default_gains) and drift."""
+def analyse(points: pd.DataFrame, n_trials: int, obj: Objectives, gains: list[float] | None = None,
+            trials: pd.DataFrame | None = None) -> CurveAnalysis:
+    """Fronts, equal-gain comparisons (at `gains`, default equal_gain.default_gains), drift and, with
+    the `trials` frame (their end points), the subset's agreement with the full probes."""
     source = "given with --gains"
     if gains is None:
         gains, source = equal_gain.default_gains(points), ("quartiles of the trials' highest curve gains, rounded;"
@@ -53,8 +56,9 @@ def analyse(points: pd.DataFrame, n_trials: int, obj: Objectives, gains: list[fl
         best = equal_gain.best_per_seed(points, gains, key, cols)
         comps.append(Comparison(key, cols, best, equal_gain.summarise(best, points, gains, [key, *cols])))
     target = obj.forgetting_metrics()[0]
+    agree = curves.agreement(points, trials) if trials is not None else pd.DataFrame()
     return CurveAnalysis(points, n_trials, curves.fronts(points, obj), ranked_on, left_out, gains, source,
-                         comps, curves.drift(points, target))
+                         comps, curves.drift(points, target), agree)
 
 
 def label(obj: Objectives, c: str) -> str:
@@ -149,6 +153,17 @@ def markdown(a: CurveAnalysis, obj: Objectives) -> str:
         lines.append("")
         lines += _md_table(["method", "selector", "gain (pp)", "seeds reaching g"]
                            + [label(obj, x) for x in [c.key, *c.cols]] + ["trial@step per seed"], _equal_gain_rows(c))
+    if not a.agreement.empty:
+        lines += ["", "### The curve subset against the full probes", "",
+                  "A finished trial's last evaluation point is its trained model on the subset; its end point (above)"
+                  " is the same model on the whole probe. A subset that samples the probe reads ratios near 1 (its"
+                  " noise aside); the first items of a probe listed in some order need not (`curves.subset: first`)."
+                  f" Ratios over the trials whose end value is at least {curves.NEAR_ZERO:g} in size.", ""]
+        lines += _md_table(["metric", "trials", "median curve / end", "Spearman ρ", "mean curve − end"],
+                           [[label(obj, r["metric"]), int(r["trials"]),
+                             f"{num(r['median_ratio'], digits=2)} ({int(r['ratio_trials'])} trials)",
+                             num(r["spearman"], digits=3), num(r["mean_diff"], digits=2)]
+                            for _, r in a.agreement.iterrows()])
     lines += ["", "### KL drift as a predictor of forgetting", ""]
     if a.drift.empty:
         lines.append("No kl_general curves.")

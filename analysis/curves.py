@@ -152,3 +152,33 @@ def drift(points: pd.DataFrame, target: str) -> pd.DataFrame:
         rows.append({"method": m, "points": len(g), "spearman": x.corr(y, "spearman") if ok else np.nan,
                      "pearson": x.corr(y) if ok else np.nan})
     return pd.DataFrame(rows, columns=["method", "points", "spearman", "pearson"])
+
+
+AGREE = [GAIN, FORGETTING, delta("triviaqa"), delta("wikitext")]   # curve and end point both (gain: MedMCQA Δ)
+NEAR_ZERO = 1.0   # |end value| below this (pp, %): left out of the ratio, whose size it would blow up
+
+
+def agreement(points: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The curve subset against the full probes. A finished trial's last curve point is its trained
+    model on the subset, its end point the same model on the whole probe: per metric both have, over
+    the trials having both, the median ratio curve / end (trials whose |end| >= NEAR_ZERO), Spearman ρ
+    and the mean difference curve − end. A subset that is a sample of the probe reads ratios near 1;
+    the head of a probe listed in some order need not (curves.subset)."""
+    cols = ["metric", "trials", "median_ratio", "ratio_trials", "spearman", "mean_diff"]
+    if points.empty:
+        return pd.DataFrame(columns=cols)
+    last = points.sort_values("step").groupby("run_id").tail(1).set_index("run_id")
+    ends = trials.set_index("run_id")
+    rows = []
+    for n in [n for n in AGREE if n in last and n in ends]:
+        both = pd.DataFrame({"curve": last[n], "end": ends[n]}).dropna().astype(float)
+        if both.empty:
+            continue
+        big = both[both["end"].abs() >= NEAR_ZERO]
+        ok = len(both) > 2 and both["curve"].nunique() > 1 and both["end"].nunique() > 1
+        rows.append({"metric": n, "trials": len(both),
+                     "median_ratio": (big["curve"] / big["end"]).median() if len(big) else np.nan,
+                     "ratio_trials": len(big),
+                     "spearman": both["curve"].corr(both["end"], "spearman") if ok else np.nan,
+                     "mean_diff": (both["curve"] - both["end"]).mean()})
+    return pd.DataFrame(rows, columns=cols)

@@ -139,7 +139,7 @@ def _curves(sweep, fin, obj, gains, out: Path, table: str) -> tuple[str, list[Pa
 
     from analysis import curve_plots, curve_report, curves
 
-    a = curve_report.analyse(curves.load(sweep.tracking_uri, fin, obj), len(fin), obj, gains)
+    a = curve_report.analyse(curves.load(sweep.tracking_uri, fin, obj), len(fin), obj, gains, trials=fin)
     table += curve_report.markdown(a, obj)
     if a.points.empty:
         print("note: " + curve_report.none_note(len(fin)))

@@ -170,6 +170,27 @@ def test_nats_compares_each_component_on_its_own():
     assert "#### Chosen by WikiText Δ cross-entropy (nats/token)" in text and "#### Chosen by TriviaQA drop" in text
 
 
+def test_the_subset_is_read_against_the_whole_probe_at_each_trials_last_point():
+    """curves.agreement: a trial's last point (its highest step, whatever the row order) against its end
+    point; ratios leave out end values near zero; trials without curves drop out."""
+    pts = _frame([(r, "lora", None, 0, st, g, f, f, f) for r, st, g, f in [
+        ("a", 10, 4, 2), ("a", 0, 0, 0), ("b", 0, 0, 0), ("b", 10, 5, 4), ("c", 10, 6, 6), ("c", 0, 0, 0),
+        ("d", 0, 0, 0), ("d", 10, 7, 0.1)]]).assign(kl_general=0.0)
+    ends = pd.DataFrame({"run_id": ["a", "b", "c", "d", "e"], "forgetting": [1, 2, 3, 0.05, 9],
+                         "medmcqa_gain_pp": [3, 4, 5, 6, 7]})
+    ag = curves.agreement(pts, ends).set_index("metric")
+    f = ag.loc["forgetting"]
+    assert (f["trials"], f["ratio_trials"], f["median_ratio"]) == (4, 3, 2.0)        # e: no curve; d: end near 0
+    assert f["spearman"] == pytest.approx(1.0) and f["mean_diff"] == pytest.approx((1 + 2 + 3 + 0.05) / 4)
+    g = ag.loc["medmcqa_gain_pp"]
+    assert g["mean_diff"] == pytest.approx(1.0) and g["spearman"] == pytest.approx(1.0)
+    assert list(ag.index) == ["medmcqa_gain_pp", "forgetting"]                       # only metrics both have
+    assert curves.agreement(pts.iloc[:0], ends).empty
+    a = curve_report.analyse(pts, 4, Objectives(), [2.0], trials=ends)
+    text = curve_report.markdown(a, Objectives())
+    assert "### The curve subset against the full probes" in text and "| 2.00 (3 trials) |" in text
+
+
 # ---- MLflow: loading, then the CLI end to end ----------------------------------------------------------
 def test_load_curves_from_mlflow(store):
     from analysis.runs import finished, load
