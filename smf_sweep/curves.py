@@ -3,8 +3,9 @@
 Every `curves.every` optimizer steps (and before the first step, and after the last) the trial's
 model is probed on a fixed subset of each probe's data (`curves.limit` items, the same in every trial
 and method: by default a seeded random sample of the items the end-point probe scores, in their
-order; `subset: first`, the first `limit` items, as sweeps before it did) and its drift from the
-base model is measured on a fixed batch of general text:
+order, drawn by whole articles where a probe scores its items as one text (WikiText's lines); `subset:
+first`, the first `limit` items, as sweeps before it did) and its drift from the base model is
+measured on a fixed batch of general text:
 
     kl_general = mean over positions of KL(base ‖ model) of the next-token distributions, in nats per
                  token, on `kl_texts` windows of `kl_len` tokens cut from WikiText's validation split
@@ -37,7 +38,7 @@ from torch import nn
 
 from .objectives import Objectives, delta
 from .precision import autocast
-from .probes import Probe, ProbeSpec, make_probe
+from .probes import Probe, ProbeSpec, make_probe, sample_units
 
 PREFIX = "curve/"
 KL = "kl_general"
@@ -54,7 +55,8 @@ class CurveConfig:
     subset: str = "sample"     # sample: a fixed random sample of the probe's items | first: its first `limit`
     # (a data set in a meaningful order is not a sample of itself at its head: the world's TriviaQA and
     # WikiText list countries first, so their first 64 items were countries only and the curves read
-    # about twice the forgetting the end points did; WikiText's test split starts with one article)
+    # about twice the forgetting the end points did; WikiText's test split starts with one article. And
+    # lines drawn one by one lose their article's context: the sample draws WikiText by article)
 
     def __post_init__(self):
         for name, least in (("every", 0), ("limit", 1), ("kl_texts", 0), ("kl_len", 2)):
@@ -72,14 +74,22 @@ class CurveConfig:
         return self.on and (step % self.every == 0 or step == total)
 
 
-def subset(items: Sequence, k: int, how: str = "sample", seed: int = SAMPLE_SEED) -> list:
-    """`k` of `items` (all of them when there are no more): the first k, or a random sample of k drawn
-    with `seed`, kept in the items' order."""
+def subset(units: Sequence[Sequence], k: int, how: str = "sample", seed: int = SAMPLE_SEED) -> list:
+    """`k` of a probe's items, given as its `units` (probes.sample_units: one item each, or WikiText's
+    lines by article), in their order: the first k items, or whole units drawn in a seeded random
+    order until they hold at least k items. All items when there are no more than k."""
     if how not in SUBSETS:
         raise ValueError(f"curves.subset: one of {', '.join(SUBSETS)}, got {how!r}")
+    items = [x for u in units for x in u]
     if how == "first" or k >= len(items):
-        return list(items[:k])
-    return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
+        return items[:k]
+    chosen, n = [], 0
+    for i in random.Random(seed).sample(range(len(units)), len(units)):
+        if n >= k:
+            break
+        chosen.append(i)
+        n += len(units[i])
+    return [x for i in sorted(chosen) for x in units[i]]
 
 
 def subset_data(probes: Sequence[ProbeSpec], limit: int, how: str = "sample") -> list[tuple[str, Probe, list]]:
@@ -88,7 +98,8 @@ def subset_data(probes: Sequence[ProbeSpec], limit: int, how: str = "sample") ->
     out = []
     for p in probes:
         probe = make_probe(p.task, p.variant, **dict(p.options))
-        items = probe.load(p.source, limit) if how == "first" else subset(probe.load(p.source, p.limit), limit, how)
+        items = (probe.load(p.source, limit) if how == "first"
+                 else subset(sample_units(probe, probe.load(p.source, p.limit)), limit, how))
         out.append((p.key, probe, items))
     return out
 

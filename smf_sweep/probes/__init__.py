@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from . import medmcqa, triviaqa, wikitext  # noqa: F401  (fill the registry)
-from .base import PROBES, TASKS, VARIANTS, Probe, ProbeResult
+from .base import PROBES, TASKS, VARIANTS, Probe, ProbeResult, sample_units
 
-__all__ = ["PROBES", "TASKS", "VARIANTS", "Probe", "ProbeResult", "ProbeSpec", "make_probe", "run_probes"]
+__all__ = ["PROBES", "TASKS", "VARIANTS", "Probe", "ProbeResult", "ProbeSpec", "make_probe", "run_probes",
+           "sample_units"]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ A probe is a small frozen dataclass registered as "<task>:<variant>":
     result.value, result.n, result.version, result.extras
 
 Declared by every probe class: `task`, `variant`, `version` (bump it whenever numbers could
-change), `metric`, `higher_is_better`, `hub_id`, `default_limit`.
+change), `metric`, `higher_is_better`, `hub_id`, `default_limit`; optionally `units(data)`, how its
+items group into what a sample must draw whole (sample_units).
 """
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ class Probe(Protocol):
 
     def run(self, model, tokenizer, data: Sequence[Any], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult: ...
+
+
+def sample_units(probe: Probe, data: Sequence[Any]) -> list[list[Any]]:
+    """What a sample of `data` draws whole (curves.subset): the probe's own `units(data)` where it
+    scores its items as one text (WikiText's line-level variant: its articles, since a line out of its
+    article loses the context the whole probe scores it with), else each item alone."""
+    units = getattr(probe, "units", None)
+    return units(data) if units is not None else [[x] for x in data]
 
 
 def resolve_limit(limit: int | None, default: int | None) -> int | None:

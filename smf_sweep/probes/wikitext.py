@@ -22,6 +22,9 @@ from .base import PROBES, ProbeResult, eval_mode, pad_id, resolve_limit
 from .scoring import continuation_logprobs, max_positions
 
 
+TOP_HEADING = re.compile(r"^= [^=].* =$")   # an article's title line, stripped: "= Robert Boulter ="
+
+
 def sliding_windows(n_tokens: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
     """The study's windows as (begin, end, n_scored): tokens[begin:end] is fed, its last n_scored scored.
 
@@ -113,6 +116,16 @@ class WikiTextStudy:
         lines = [t.strip() for t in load_wikitext(source, self.split, config=self.config)["text"] if t and t.strip()]
         lim = resolve_limit(limit, self.default_limit)
         return lines if lim is None else lines[:lim]
+
+    def units(self, lines: Sequence[str]) -> list[list[str]]:
+        """The lines by article, each from a top-level heading ("= Title =", not "= = Section = =") to
+        the next: the probe scores them as one text, so a sample draws whole articles (sample_units)."""
+        out: list[list[str]] = []
+        for line in lines:
+            if not out or TOP_HEADING.match(line):
+                out.append([])
+            out[-1].append(line)
+        return out
 
     def run(self, model, tokenizer, data: Sequence[str], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
