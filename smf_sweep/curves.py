@@ -9,7 +9,8 @@ measured on a fixed batch of general text:
 
     kl_general = mean over positions of KL(base ‖ model) of the next-token distributions, in nats per
                  token, on `kl_texts` windows of `kl_len` tokens cut from WikiText's validation split
-                 (the probe's own split is test: the drift batch never overlaps the probe's text).
+                 (the probe's own split is test: the drift batch never overlaps the probe's text), each
+                 starting at a sampled article (`subset: sample`) or consecutive from its head (`first`).
 
 A cheap, low-noise drift signal that predicts forgetting (Shenfeld et al. 2025, "RL's Razor"). The
 subset values become the sweep's numbers through the same Objectives as the trial's end point,
@@ -53,6 +54,7 @@ class CurveConfig:
     kl_texts: int = 8          # windows of general text for the KL drift (0 = no KL)
     kl_len: int = 128          # tokens per window
     subset: str = "sample"     # sample: a fixed random sample of the probe's items | first: its first `limit`
+                               # (and the KL batch: windows from sampled articles | the validation split's head)
     # (a data set in a meaningful order is not a sample of itself at its head: the world's TriviaQA and
     # WikiText list countries first, so their first 64 items were countries only and the curves read
     # about twice the forgetting the end points did; WikiText's test split starts with one article. And
@@ -104,14 +106,19 @@ def subset_data(probes: Sequence[ProbeSpec], limit: int, how: str = "sample") ->
     return out
 
 
-def general_windows(tokenizer, wikitext: ProbeSpec, n: int, length: int) -> torch.Tensor:
-    """(n, length) token ids: consecutive windows of WikiText's validation split, its lines (or
-    pages) joined as the probe joins them, from the probe spec's source and variant."""
+def general_windows(tokenizer, wikitext: ProbeSpec, n: int, length: int, how: str = "sample") -> torch.Tensor:
+    """(n, length) token ids of WikiText's validation split, its lines (or pages) joined as the probe
+    joins them, from the probe spec's source and variant. `first`: consecutive windows from the split's
+    head (its first article or two: on the hub one article, in the world the first countries). `sample`:
+    each window starts at an article drawn in a seeded random order (curves.SAMPLE_SEED) and runs on
+    into the articles after it, no two windows sharing an article; in the split's order."""
     probe = make_probe("wikitext", wikitext.variant, **{**dict(wikitext.options), "split": "validation"})
+    if how == "sample":
+        return _sampled_windows(tokenizer, probe, wikitext.source, n, length)
     texts, ids, lim = [], [], 64
     while len(ids) < n * length:
         texts = probe.load(wikitext.source, lim)
-        ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        ids = _ids(tokenizer, texts)
         if len(texts) < lim:
             break
         lim *= 4
@@ -119,6 +126,32 @@ def general_windows(tokenizer, wikitext: ProbeSpec, n: int, length: int) -> torc
         raise ValueError(f"curves: WikiText validation ({wikitext.source}) has {len(ids)} tokens; the KL batch needs "
                          f"kl_texts × kl_len = {n} × {length}")
     return torch.tensor(ids[: n * length]).view(n, length)
+
+
+def _ids(tokenizer, texts: Sequence[str]) -> list[int]:
+    return tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def _sampled_windows(tokenizer, probe: Probe, source: str, n: int, length: int) -> torch.Tensor:
+    units = sample_units(probe, probe.load(source, 0))             # articles (or pages), each a list of texts
+    taken: dict[int, list[int]] = {}                                # first article -> the window's ids
+    used: set[int] = set()
+    for i in random.Random(SAMPLE_SEED).sample(range(len(units)), len(units)):
+        if len(taken) == n:
+            break
+        if i in used:
+            continue
+        j, ids = i, []
+        while len(ids) < length and j < len(units) and j not in used:   # run on into the next articles
+            j += 1
+            ids = _ids(tokenizer, [x for u in units[i:j] for x in u])
+        if len(ids) >= length:
+            taken[i] = ids[:length]
+            used.update(range(i, j))
+    if len(taken) < n:
+        raise ValueError(f"curves: WikiText validation ({source}) holds {len(taken)} windows of {length} tokens that "
+                         f"start at distinct articles; the KL batch needs kl_texts = {n}")
+    return torch.tensor([taken[i] for i in sorted(taken)])         # (n, length)
 
 
 @torch.no_grad()
@@ -168,7 +201,8 @@ class Curve:
         self.base = self._values(model)
         wiki = next((p for p in self.specs if p.task == "wikitext"), None)
         if self.cfg.kl_texts and wiki is not None:
-            self.ids = general_windows(self.tok, wiki, self.cfg.kl_texts, self.cfg.kl_len)   # (n, kl_len)
+            self.ids = general_windows(self.tok, wiki, self.cfg.kl_texts, self.cfg.kl_len,
+                                       self.cfg.subset)                                # (n, kl_len)
             self.base_logp = log_probs(model, self.ids, self.precision)                    # (n, kl_len, V)
 
     def _values(self, model: nn.Module) -> dict[str, float]:

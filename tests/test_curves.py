@@ -125,6 +125,32 @@ def test_wikitext_is_sampled_by_article_each_with_its_title(tiny_world):
     assert sample_units(make_probe("triviaqa", "study"), [1, 2]) == [[1], [2]]          # questions: one by one
 
 
+def test_the_kl_batch_starts_at_sampled_articles_or_is_the_head(tiny_world):
+    """The drift batch under `first` is the validation split's head, consecutive (in the world the first
+    countries; on the hub one article); under `sample` each window starts at its own sampled article,
+    fixed from trial to trial, and no two windows share an article."""
+    from smf_sweep.curves import general_windows
+    from smf_sweep.models import load_tokenizer
+    from smf_sweep.probes import ProbeSpec, make_probe, sample_units
+    from smf_sweep.probes.wikitext import TOP_HEADING
+
+    tok = load_tokenizer(str(tiny_world / "model"))
+    spec = ProbeSpec("wikitext", source=f"world:{tiny_world}", limit=0)
+    head = general_windows(tok, spec, 3, 16, "first")
+    probe = make_probe("wikitext", "study", split="validation")
+    arts = sample_units(probe, probe.load(spec.source, 0))
+    joined = tok("\n\n".join(sum(arts, [])), add_special_tokens=False)["input_ids"]
+    assert head.shape == (3, 16) and head.flatten().tolist() == joined[:48]
+    got = general_windows(tok, spec, 3, 16, "sample")
+    assert got.shape == (3, 16) and torch.equal(got, general_windows(tok, spec, 3, 16, "sample"))
+    starts = [next(i for i, a in enumerate(arts)
+                   if tok("\n\n".join(a), add_special_tokens=False)["input_ids"][:8] == row[:8].tolist()) for row in got]
+    assert starts == sorted(set(starts)) and starts != [0, 1, 2] and max(starts) > len(arts) // 2
+    assert all(TOP_HEADING.match(arts[i][0]) for i in starts)
+    with pytest.raises(ValueError, match="kl_texts = 999"):
+        general_windows(tok, spec, 999, 16, "sample")
+
+
 SMOKE = "search_spaces/smoke.yaml"
 
 
