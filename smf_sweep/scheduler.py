@@ -39,8 +39,11 @@ trials are first judged at that rung instead of at `grace`: on the world, SMF tr
 learning rates trailed the others at step 40 of 222 and ended on SMF's own front (README, issue 16;
 {smf: 120} kept them). The value must be one of the
 rungs grace·η^k, so that the method's trials meet the other methods' at every rung they reach.
-Constraints do not enter a rung decision; the rungs are not kept across a resumed driver (Ray does
-not checkpoint schedulers: a resumed sweep starts with empty rungs, which only lets trials continue).
+Constraints do not enter a rung decision. Ray does not checkpoint schedulers (a restored Tuner
+unpickles the scheduler it was built with, before any trial), so the rungs are kept in a file of their
+own (`state`: tune.run_sweep keeps `rungs.json` in the sweep directory), rewritten at every
+record and read back before a resumed driver's first decision: a resumed sweep judges its trials
+against every point recorded before the crash, as the uninterrupted one would have.
 
 What a STOP leaves: Tune ends the trial TERMINATED (not ERROR), so the searcher and the callbacks hear
 of it through on_trial_complete. Before they do, `on_trial_complete` here writes the stop into the
@@ -53,8 +56,11 @@ search.early_stopping.optuna), tracking.MLflowTrialLogger ends its run KILLED wi
 `stopped_at_rung`, janitor.PlacementGroupJanitor frees its Train run's placement group."""
 from __future__ import annotations
 
+import json
 import math
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -157,7 +163,8 @@ class MOASHA(FIFOScheduler):
                  epsilon: Mapping[str, float] | None = None, per_method: bool = False,
                  grace_per_method: Mapping[str, int] | None = None,
                  total_steps: Callable[[dict], int | None] | None = None,
-                 cost: Callable[[dict, float, float | None], dict] | None = None):
+                 cost: Callable[[dict, float, float | None], dict] | None = None,
+                 state: str | Path | None = None):
         if not (isinstance(grace, int) and grace >= 1):
             raise ValueError(f"early_stopping.grace: an integer >= 1 (optimizer steps), got {grace!r}")
         if not eta > 1:
@@ -185,6 +192,8 @@ class MOASHA(FIFOScheduler):
         self.tokens: dict[str, float] = {}             # trial id -> the last train/tokens seen
         self.stops: dict[str, dict] = {}               # trial id -> what its last result gets (on_trial_complete)
         self.method: dict[str, str] = {}               # trial id -> its method (per_method; kept with the rungs)
+        self.state = None if state is None else str(state)   # the rungs' file (rungs, judged, method)
+        self.restored = self.state is None             # read back once, before the first decision
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         """The objectives are the spec's (the searcher's too); a metric/mode from TuneConfig would be
@@ -218,11 +227,40 @@ class MOASHA(FIFOScheduler):
         vals = self.obj.values({n: result.get(CURVE + n) for n in self.obj.names})
         return None if vals is None else tuple(s * float(v) for s, v in zip(self.sign, vals))
 
+    # -- the rungs' file ------------------------------------------------------------------------------
+    def restore_rungs(self) -> None:
+        """Once: the rungs, judged rungs and methods a previous driver of this sweep recorded in
+        `state` (none when the file does not exist: a fresh sweep)."""
+        if self.restored:
+            return
+        self.restored = True
+        path = Path(self.state)
+        if not path.exists():
+            return
+        d = json.loads(path.read_text())
+        self.rungs = {int(b): {t: tuple(v) for t, v in e.items()} for b, e in d["rungs"].items()}
+        self.judged = {t: int(b) for t, b in d["judged"].items()}
+        self.method = {t: str(m) for t, m in d["method"].items()}
+        print(f"early stopping: {sum(map(len, self.rungs.values()))} rung entries of {len(self.judged)} trials "
+              f"read back from {path}", file=sys.stderr)
+
+    def save_rungs(self) -> None:
+        """Write the rungs to `state` (a whole new file, then renamed over the old one)."""
+        if self.state is None:
+            return
+        d = {"rungs": {str(b): {t: list(v) for t, v in e.items()} for b, e in sorted(self.rungs.items())},
+             "judged": self.judged, "method": self.method}
+        tmp = Path(f"{self.state}.tmp")
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, self.state)
+
     # -- Tune's calls ------------------------------------------------------------------------------------
     def on_trial_add(self, tune_controller, trial):
+        self.restore_rungs()
         self._total(trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self.restore_rungs()
         tid = trial.trial_id
         tokens = result.get("train/tokens")
         if isinstance(tokens, (int, float)) and not isinstance(tokens, bool):
@@ -238,6 +276,7 @@ class MOASHA(FIFOScheduler):
         entries[tid] = vec
         self.judged[tid] = rung
         self.method[tid] = method
+        self.save_rungs()
         if survives(entries, tid, self.eta, self.eps, self.method if self.per_method else None):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)

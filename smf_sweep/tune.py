@@ -226,20 +226,27 @@ class PlannedSteps:
         return tcfg.total_steps(self.rows[key] // tcfg.effective_batch)
 
 
-def make_scheduler(spec: Spec):
+RUNGS = "rungs.json"        # MO-ASHA's rungs, next to Tune's experiment state (scheduler.MOASHA: state)
+
+
+def make_scheduler(spec: Spec, state: Path | None = None):
     """The search's Tune scheduler: MO-ASHA (scheduler.MOASHA) over the spec's objectives (the same
     objectives.Objectives as make_searcher's, so scheduler and searcher agree on the metrics and
     their directions; Tune's own single metric/mode stay unset) when `search.early_stopping` is set,
-    else None (Tune's FIFO: every trial runs to its end)."""
+    else None (Tune's FIFO: every trial runs to its end). `state`: the file its rungs are kept in, so a
+    resumed sweep judges against them (a stale one is removed: this is a fresh scheduler)."""
     es = spec.search.early_stopping
     if es is None:
         return None
     from .objectives import Objectives
     from .scheduler import MOASHA
 
+    if state is not None:
+        Path(state).unlink(missing_ok=True)
     return MOASHA(Objectives.from_spec(spec), grace=es.grace, eta=es.eta, tie_break=es.tie_break,
                   epsilon=es.epsilon, per_method=es.per_method,
-                  grace_per_method=es.grace_per_method, total_steps=PlannedSteps(spec), cost=TrialCost(spec))
+                  grace_per_method=es.grace_per_method, total_steps=PlannedSteps(spec), cost=TrialCost(spec),
+                  state=state)
 
 
 # ---- one Tune trial ------------------------------------------------------------------------------
@@ -445,7 +452,8 @@ def run_sweep(spec: Spec, *, progress: bool = True) -> dict:
     else:
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=make_searcher(spec), scheduler=make_scheduler(spec), num_samples=n,
+            tune_config=tune.TuneConfig(search_alg=make_searcher(spec), scheduler=make_scheduler(spec, sweep / RUNGS),
+                                        num_samples=n,
                                         max_concurrent_trials=spec.search.concurrency),
             run_config=tune_run_config(spec, spec.name, sweep / "tune", [logger, PlacementGroupJanitor()], progress))
     grid = tuner.fit()

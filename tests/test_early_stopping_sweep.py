@@ -135,6 +135,14 @@ def test_a_dominated_trial_is_stopped_and_recorded_everywhere(sweep):
         for k in (GRACE, GRACE * ETA):                           # … and continues it at every rung
             assert survives(_rung_entries(c, runs, r, k, obj), r.data.tags["trial_id"], ETA), k
 
+    # the rungs' file (what a resumed driver reads back): every trial's point at each rung it reached
+    kept = json.loads((spec.sweep_dir() / "rungs.json").read_text())
+    for k in (GRACE, GRACE * ETA):
+        want = {}
+        for r in runs:
+            want.update(_rung_entries(c, runs, r, k, obj))
+        assert {t: tuple(v) for t, v in kept["rungs"][str(k)].items()} == pytest.approx(want), k
+
     # a trial after a stop ran on the one CPU; nothing is reserved or RUNNING
     first = runs.index(stopped[0])
     assert first < 3, "a trial starts after the first stop"

@@ -237,6 +237,29 @@ def test_a_stopped_trials_last_result_gets_the_rung_its_objectives_and_its_cost(
     assert "early_stopped" not in done.last_result               # a finished trial is left as it is
 
 
+def test_a_resumed_driver_judges_against_the_rungs_recorded_before_it(tmp_path):
+    """Tune restores the scheduler it pickled before any trial (tuner.pkl), with empty rungs: the
+    rungs' file brings back every recorded point, so the resumed driver stops what the uninterrupted
+    one stops, and a restarted trial is not judged again at a rung it passed."""
+    import ray.cloudpickle as pickle                            # as the Tuner pickles it
+
+    state = tmp_path / "rungs.json"
+    pickled = pickle.dumps(sched(state=state))                 # as the Tuner saves it, before any trial
+    live = pickle.loads(pickled)
+    assert feed(live, "a", point(4, 10.0, 1.0)) == [GO]        # alone: fewer than η entries
+    assert feed(live, "b", point(4, 9.0, 2.0)) == [STOP]       # dominated by a, outside the best ⌊2/2⌋
+    resumed = pickle.loads(pickled)                             # the driver crashed; Tuner.restore
+    assert resumed.rungs == {}
+    assert feed(resumed, "c", point(4, 0.0, 5.0)) == [STOP] == feed(live, "c", point(4, 0.0, 5.0))
+    assert resumed.rungs == live.rungs and resumed.judged == live.judged == {"a": 4, "b": 4, "c": 4}
+    assert feed(resumed, "a", point(4, 0.0, 9.0)) == [GO] and resumed.rungs[4]["a"] == (-10.0, 1.0)
+    assert feed(pickle.loads(pickle.dumps(sched())), "c", point(4, 0.0, 5.0)) == [GO]   # without the file
+    from smf_sweep.tune import make_scheduler
+
+    fresh = make_scheduler(load_spec(SMOKE, ON), state)         # a fresh sweep: a stale file is removed
+    assert not state.exists() and fresh.state == str(state)
+
+
 def test_the_scheduler_refuses_what_it_cannot_judge():
     with pytest.raises(ValueError, match="cost"):
         MOASHA(Objectives().with_objective(O.COST_S, "min", reference=100.0), grace=4)
