@@ -229,3 +229,44 @@ def test_the_replay_reads_the_sweep_and_reports_each_arms_hypervolume(sweep, cap
     hv = s.objectives.hypervolume(fin.to_dict("records"))
     assert "| its hypervolume kept |" in out and f"| all | {len(fin)} | " in out, out
     assert [ln for ln in out.splitlines() if ln.startswith("| all |")][0].endswith(f" of {hv:.4g} |"), out
+
+
+@pytest.mark.timeout(1500)
+def test_a_resumed_sweep_keeps_its_rungs(world, tmp_path):
+    """Kill the driver once two trials are on the first rung; re-run the command. The resumed driver
+    reads the rungs back (Ray restores the scheduler as it was pickled before the first trial, empty),
+    so the rungs end with every trial, the ones recorded before the kill unchanged."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_sweep import ROOT, run
+
+    cmd = [sys.executable, "-m", "smf_sweep.tune", "search_spaces/smoke.yaml", "--storage", str(tmp_path),
+           "--quiet", "--json", *(a for s in SETS for a in ("--set", s))]
+    rungs = tmp_path / "smoke" / "rungs.json"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    before = {}
+    try:
+        deadline = time.time() + 900
+        while time.time() < deadline and len(before.get(str(GRACE), {})) < 2:
+            assert proc.poll() is None, "the sweep ended before it could be interrupted"
+            time.sleep(1)
+            try:
+                before = json.loads(rungs.read_text())["rungs"]
+            except (OSError, ValueError, KeyError):
+                pass
+        assert len(before.get(str(GRACE), {})) >= 2, before
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = json.loads(rungs.read_text())["rungs"]              # what the killed driver last wrote
+    r = run(cmd)
+    out = r.stdout + r.stderr
+    assert "resuming sweep" in out and "rung entries of" in out and "read back" in out, out[-3000:]
+    after = json.loads(rungs.read_text())["rungs"]
+    for k, entries in before.items():
+        assert {t: after[k][t] for t in entries} == entries, k   # kept as recorded
+    assert len(after[str(GRACE)]) == len(POINTS), after          # and every trial reached the first rung
