@@ -123,6 +123,33 @@ def to_target(rows: list[dict], groups: list[str]) -> list[dict]:
     return out
 
 
+def per_seed(rows: list[dict], a: str, b: str, key: str = "hv_per_min") -> list[tuple]:
+    """(seed, ratio) per search seed with sweeps in both groups: the mean `key` of a's sweeps of that
+    seed ÷ b's (a paired ratio: both arms of a seed try the same configurations while TPE is random)."""
+    import numpy as np
+
+    out = []
+    for seed in dict.fromkeys(r["seed"] for r in rows):
+        va = [r[key] for r in rows if r["seed"] == seed and r["group"] == a and r[key] == r[key]]
+        vb = [r[key] for r in rows if r["seed"] == seed and r["group"] == b and r[key] == r[key]]
+        if va and vb and np.mean(vb) > 0:
+            out.append((seed, float(np.mean(va) / np.mean(vb))))
+    return out
+
+
+def _per_seed_line(pairs: list[tuple], a: str, b: str) -> list[str]:
+    """The per-seed ratios, their mean and its 95 % Student-t interval (n − 1 dof; none for one seed)."""
+    from analysis.equal_gain import mean_ci
+
+    if not pairs:
+        return []
+    each = ", ".join(f"{x:.2f}× (seed {s})" for s, x in pairs)
+    mean, half, n = mean_ci([x for _, x in pairs])
+    ci = (f"; mean {mean:.2f}×, 95 % Student-t interval {mean - half:.2f}–{mean + half:.2f}× over {n} seeds"
+          if n > 1 else "; one seed: no interval")
+    return ["", f"Per search seed, {a} ÷ {b} (hypervolume per device-minute): {each}{ci}."]
+
+
 def _mean_spread(xs) -> str:
     import numpy as np
 
@@ -157,6 +184,7 @@ def table(rows: list[dict], budget: float) -> str:
         a, b = groups[0], groups[1]
         ratio = np.mean(per_min[a]) / np.mean(per_min[b])
         lines += ["", f"Hypervolume per device-minute, {a} ÷ {b}: **{ratio:.2f}×** (ratio of the groups' means)."]
+        lines += _per_seed_line(per_seed(rows, a, b), a, b)
         if all(x == x for x in per_tok[a] + per_tok[b]):
             ratio = np.mean(per_tok[a]) / np.mean(per_tok[b])
             lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio:.2f}× (the same ratio with compute counted"

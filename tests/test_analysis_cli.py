@@ -305,3 +305,23 @@ def test_compare_compute_to_the_same_hypervolume():
     text = "\n".join(_to_target_lines([tt], "es", "base"))
     assert "| 0 | 95 | 4.0 | 8.0 | 2.00× | 3.0 | 8.0 | 2.67× |" in text, text
     assert "base ÷ es: **2.00×**" in text and "base ÷ es: **2.67×**" in text
+
+
+def test_compare_reports_each_seeds_ratio_with_an_interval():
+    """analysis.compare: per search seed, early stopping's hypervolume per device-minute ÷ the
+    baseline's (means over each group's sweeps of the seed), then their mean with a 95 % Student-t
+    interval; a seed with one group only is left out, one seed has no interval."""
+    from analysis.compare import _per_seed_line, per_seed
+
+    def row(group, seed, hv_per_min):
+        return {"group": group, "seed": seed, "hv_per_min": hv_per_min}
+
+    rows = [row("es", 7, 8.552), row("base", 7, 5.985), row("es", 8, 6.361), row("base", 8, 5.261),
+            row("es", 9, 5.96), row("base", 9, 4.2), row("es", 10, 9.0)]
+    pairs = per_seed(rows, "es", "base")
+    assert [s for s, _ in pairs] == [7, 8, 9]
+    assert [round(x, 3) for _, x in pairs] == [1.429, 1.209, 1.419]
+    text = "\n".join(_per_seed_line(pairs, "es", "base"))
+    assert "1.43× (seed 7), 1.21× (seed 8), 1.42× (seed 9); mean 1.35×, 95 % Student-t interval 1.04–1.66× over 3 seeds" in text, text
+    assert "one seed: no interval" in "\n".join(_per_seed_line(pairs[:1], "es", "base"))
+    assert per_seed([row("es", 1, 2.0), row("base", 1, 1.0), row("base", 1, 3.0)], "es", "base") == [(1, 1.0)]
