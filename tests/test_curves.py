@@ -151,6 +151,35 @@ def test_the_kl_batch_starts_at_sampled_articles_or_is_the_head(tiny_world):
         general_windows(tok, spec, 999, 16, "sample")
 
 
+def test_the_kl_batch_reads_hub_wikitext_by_its_titles(tiny_world, tmp_path):
+    """On the hub's line format (a leading space, " = Title = ", " = = Section = = ", empty lines), from
+    a local directory of the same schema: each sampled window starts at an article's title, never at a
+    section heading, and the head is the first article."""
+    import json
+
+    from smf_sweep.curves import general_windows
+    from smf_sweep.models import load_tokenizer
+    from smf_sweep.probes import ProbeSpec
+
+    rows = []
+    for a in range(12):
+        rows += [{"text": ""}, {"text": f" = Article {a} = \n"}, {"text": ""},
+                 {"text": f" Article {a} is about the river number {a} and the towns on it . \n"},
+                 {"text": ""}, {"text": " = = History = = \n"}, {"text": ""},
+                 {"text": f" The towns on river {a} were founded in {1700 + a} , after long talks . \n"}]
+    (tmp_path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tok = load_tokenizer(str(tiny_world / "model"))
+    spec = ProbeSpec("wikitext", source=str(tmp_path), limit=0)
+    def start(row) -> int | None:                               # the article a window opens with its title
+        m = re.match(r"= Article (\d+) =\n", tok.decode(row.tolist()))
+        return int(m.group(1)) if m else None
+
+    got = general_windows(tok, spec, 4, 24, "sample")            # (4, 24)
+    starts = [start(row) for row in got]
+    assert None not in starts and starts == sorted(set(starts)) and starts != [0, 1, 2, 3], starts
+    assert start(general_windows(tok, spec, 2, 24, "first")[0]) == 0
+
+
 SMOKE = "search_spaces/smoke.yaml"
 
 
