@@ -226,7 +226,7 @@ class PlannedSteps:
         return tcfg.total_steps(self.rows[key] // tcfg.effective_batch)
 
 
-RUNGS = "rungs.json"        # MO-ASHA's rungs, next to Tune's experiment state (scheduler.MOASHA: state)
+RUNGS = "rungs.json"        # MO-ASHA's rungs, in the sweep directory (scheduler.MOASHA: state)
 
 
 def make_scheduler(spec: Spec, state: Path | None = None):
