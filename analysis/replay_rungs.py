@@ -5,11 +5,13 @@
     python -m analysis.replay_rungs runs/es_off_s1 --grace 40 --epsilon medmcqa_gain_pp=6,forgetting=3
     python -m analysis.replay_rungs runs/world_study --grace 40 --budget 20 --per-method
     python -m analysis.replay_rungs runs/es_off_s4 --grace 40 --budget 20 --grace-per-method smf=120
+    python -m analysis.replay_rungs runs/es_off_s4 --grace 40 --budget 20 --tie-break eps_net
 
 Before turning `search.early_stopping` on, check a rung schedule on a sweep that ran without it: the
 finished trials arrive at each rung in the order they started (the sweep's own order, as Tune starts
 them) and each is judged with the rule the scheduler applies (scheduler.survives: non-dominated sorting
-of the curve's objectives at the rung, crowding distance, keep the leading ⌊n/η⌋; with --epsilon, the
+of the curve's objectives at the rung, crowding distance (or --tie-break eps_net, MO-ASHA's own ε-net
+order: search.early_stopping.tie_break), keep the leading ⌊n/η⌋; with --epsilon, the
 noise margins of search.early_stopping.epsilon; with --per-method, each trial against its own
 method's only, as search.early_stopping.per_method; with --grace-per-method, a method's first rung, as
 search.early_stopping.grace_per_method). Prints, per method (SMF per selector), how many trials would
@@ -28,6 +30,7 @@ import argparse
 import sys
 
 from analysis.source import SourceError, resolve
+from smf_sweep.rungs import TIE_BREAKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="judge each trial against its own method's trials only (search.early_stopping.per_method)")
     p.add_argument("--grace-per-method", type=_firsts, default={}, metavar="METHOD=STEPS,...",
                    help="a method's first rung, a rung of the grace's ladder (search.early_stopping.grace_per_method)")
+    p.add_argument("--tie-break", choices=TIE_BREAKS, default="crowding",
+                   help="inside a front: crowding distance (default) or MO-ASHA's ε-net order "
+                        "(search.early_stopping.tie_break)")
     p.add_argument("--budget", type=float, default=None,
                    help="the hypervolume's forgetting reference (default: the sweep's own reference point)")
     p.add_argument("--csv", default=None, help="also write one row per trial (where it would stop) to this file")
@@ -69,7 +75,7 @@ def _firsts(text: str) -> dict[str, int]:
 
 
 def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float] | None = None,
-           per_method: bool = False, grace_per_method: dict[str, int] | None = None):
+           per_method: bool = False, grace_per_method: dict[str, int] | None = None, tie_break: str = "crowding"):
     """trials (finished, with curves) in start order → {run_id: rung it would stop at, or None}.
     A method in `grace_per_method` is first judged at that rung (one of the ladder's, else ValueError)."""
     from smf_sweep.objectives import margins
@@ -97,7 +103,7 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
             if at.empty or at[list(obj.names)].isna().any(axis=None):
                 break
             seen[b][rid] = tuple(s * float(at[n].iloc[0]) for s, n in zip(senses, obj.names))
-            if not survives(seen[b], rid, eta, eps, methods if per_method else None):
+            if not survives(seen[b], rid, eta, eps, methods if per_method else None, tie_break):
                 out[rid] = b
                 break
     return rungs, out
@@ -130,7 +136,7 @@ def main(argv=None) -> int:
         return 1
     try:
         rungs, stop = replay(points, fin, obj, args.grace, args.eta, args.epsilon, args.per_method,
-                             args.grace_per_method)
+                             args.grace_per_method, args.tie_break)
     except ValueError as e:
         flag = "--grace-per-method" if str(e).startswith("grace_per_method") else "--epsilon"
         print(f"error: {flag}: {str(e).split(': ', 1)[-1]}", file=sys.stderr)
@@ -142,7 +148,8 @@ def main(argv=None) -> int:
     print(f"{sweep.experiment_name}: {len(fin)} finished trials with curves, replayed in start order; "
           f"rungs at steps {', '.join(map(str, rungs))} (grace {args.grace}, η {args.eta:g}"
           + "".join(f", ε {n} {v:g}" for n, v in args.epsilon.items()) + (", per method" if args.per_method else "")
-          + "".join(f", {m} from {b}" for m, b in args.grace_per_method.items()) + ")")
+          + "".join(f", {m} from {b}" for m, b in args.grace_per_method.items())
+          + ("" if args.tie_break == "crowding" else f", ties by {args.tie_break}") + ")")
     import dataclasses
 
     ref = obj if args.budget is None else dataclasses.replace(

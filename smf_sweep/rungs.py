@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+TIE_BREAKS = ("crowding", "eps_net")   # inside a rung's cut-off front (scheduler.priorities)
+
 
 def budgets(grace: int, eta: float, upto: int) -> list[int]:
     """The rungs' budgets ⌈grace·η^k⌉ (k = 0, 1, …) up to `upto` steps, increasing, no repeats."""

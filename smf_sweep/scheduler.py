@@ -16,12 +16,19 @@ seen so far, never wait for a rung to fill):
 2. Its objective vector (each objective in its direction: Objectives.senses) is recorded at that
    rung. With n trials recorded there (this one included): n < η → CONTINUE. Else the rung keeps its
    best k = max(1, ⌊n/η⌋): rank all n by non-dominated sorting (front 0 = non-dominated, front 1 =
-   non-dominated once front 0 is removed, …), and inside a front by **crowding distance** (NSGA-II's:
-   per objective, the normalised gap between a point's neighbours in that front; a front's extremes,
-   and every point of a front of one or two, have +inf; identical points share a value). The trial
-   CONTINUEs when fewer than k trials rank strictly before it (a better front, or the same front and a
-   strictly larger crowding distance: a tie continues, as ASHA's `reward < cutoff` stops only the
-   strictly worse); else STOP.
+   non-dominated once front 0 is removed, …), and inside a front by a tie-break (`tie_break`):
+   **crowding** (the default) — NSGA-II's crowding distance (per objective, the normalised gap between
+   a point's neighbours in that front; a front's extremes, and every point of a front of one or two,
+   have +inf; larger first) — or **eps_net** — the ε-net order of MO-ASHA's own implementation (Syne
+   Tune's NonDominatedPriority, after Salinas et al. 2021; Clarkson 2005's greedy net): the front's
+   best point in the first objective, then each time the point farthest (Euclidean, in the
+   objectives' units) from those already chosen. Identical points share a value under either. The
+   trial CONTINUEs when fewer than k trials rank strictly before it (a better front, or the same front
+   and strictly ahead in the tie-break: a tie continues, as ASHA's `reward < cutoff` stops only the
+   strictly worse); else STOP. Syne Tune's MOASHA (0.16) reads its priority function's output, an
+   order of indices, as each trial's priority, so it judges the index of the last-ordered trial, not
+   the new one (a trial dominating every other at its rung can stop: docs/pitfalls.md); here each
+   trial's rank is its own.
 
 Noise (a named deviation, off by default): curve points are scored on small item subsets (64
 MedMCQA questions: one question is 1.6 pp, a binomial standard error about 6 pp), so early rungs
@@ -66,14 +73,13 @@ from typing import Callable, Mapping, Sequence
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from . import objectives as O
-from .rungs import budgets, off_ladder
+from .rungs import TIE_BREAKS, budgets, off_ladder
 
 STEP = "curve/step"                # the curve point's optimizer step (curves.Curve)
 CURVE = "curve/"                   # curves.PREFIX: a point's metrics are curve/<name>
 EARLY_STOPPED = "early_stopped"    # 1 in the last result of a trial this scheduler stopped
 STOPPED_AT_RUNG = O.STOPPED_AT_RUNG   # the rung's budget in optimizer steps (also the MLflow tag)
 STOPPED_AT_STEP = O.STOPPED_AT_STEP   # the step of the point that was judged (>= the rung's budget)
-TIE_BREAKS = ("crowding",)
 
 
 # ---- the rule -------------------------------------------------------------------------------------
@@ -117,22 +123,46 @@ def crowding(points: Sequence[Sequence[float]]) -> list[float]:
     return [dist[tuple(p)] for p in points]
 
 
-def priorities(points: Sequence[Sequence[float]], eps: Sequence[float] | None = None) -> list[tuple[int, float]]:
-    """(front, −crowding distance within the front) of each point: smaller is better."""
+def eps_net(points: Sequence[Sequence[float]]) -> list[int]:
+    """Each point's place in the ε-net order of `points` (one front, every objective minimised; 0
+    first): the smallest first objective, then repeatedly the point whose distance (Euclidean, in
+    the objectives' units) to the nearest one already chosen is largest; ties: the earlier point.
+    Computed on the distinct points (identical points share a place), as MO-ASHA's implementation
+    orders a front (Syne Tune's compute_epsilon_net with dim 0)."""
+    uniq = list(dict.fromkeys(map(tuple, points)))
+    left = sorted(range(len(uniq)), key=lambda i: (uniq[i][0], i))
+    order = [left.pop(0)]
+    while left:
+        far = max(left, key=lambda i: (min(math.dist(uniq[i], uniq[j]) for j in order), -i))
+        order.append(far)
+        left.remove(far)
+    place = {uniq[i]: k for k, i in enumerate(order)}
+    return [place[tuple(p)] for p in points]
+
+
+def priorities(points: Sequence[Sequence[float]], eps: Sequence[float] | None = None,
+               tie_break: str = "crowding") -> list[tuple[int, float]]:
+    """(front, the tie-break's key within the front) of each point: smaller is better. crowding:
+    −crowding distance; eps_net: the place in the front's ε-net order."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break: one of {', '.join(TIE_BREAKS)}, got {tie_break!r}")
     rank = fronts(points, eps)
     out = [(0, 0.0)] * len(points)
     for r in set(rank):
         idx = [i for i in range(len(points)) if rank[i] == r]
-        for i, d in zip(idx, crowding([points[i] for i in idx])):
-            out[i] = (r, -d)
+        front = [points[i] for i in idx]
+        keys = [-d for d in crowding(front)] if tie_break == "crowding" else [float(k) for k in eps_net(front)]
+        for i, key in zip(idx, keys):
+            out[i] = (r, key)
     return out
 
 
 def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float,
-             eps: Sequence[float] | None = None, groups: Mapping[str, str] | None = None) -> bool:
+             eps: Sequence[float] | None = None, groups: Mapping[str, str] | None = None,
+             tie_break: str = "crowding") -> bool:
     """Whether `trial`, recorded at a rung with `entries` ({trial: objectives, minimised}, itself
     included), continues: fewer than η entries, or fewer than max(1, ⌊n/η⌋) entries rank strictly
-    before it (priorities: front, then crowding distance). With `eps` (margins per objective), the
+    before it (priorities: front, then the tie-break). With `eps` (margins per objective), the
     fronts are dominance beyond the margins and a trial on the first front always continues. With
     `groups` ({trial: method}), only the entries of the trial's own group count."""
     if groups is not None:
@@ -142,7 +172,7 @@ def survives(entries: Mapping[str, Sequence[float]], trial: str, eta: float,
         return True
     keep = max(1, math.floor(n / eta + 1e-9))
     ids = list(entries)
-    prio = dict(zip(ids, priorities([tuple(entries[i]) for i in ids], eps)))
+    prio = dict(zip(ids, priorities([tuple(entries[i]) for i in ids], eps, tie_break)))
     if eps is not None and prio[trial][0] == 0:
         return True
     return sum(prio[i] < prio[trial] for i in ids if i != trial) < keep
@@ -277,7 +307,7 @@ class MOASHA(FIFOScheduler):
         self.judged[tid] = rung
         self.method[tid] = method
         self.save_rungs()
-        if survives(entries, tid, self.eta, self.eps, self.method if self.per_method else None):
+        if survives(entries, tid, self.eta, self.eps, self.method if self.per_method else None, self.tie_break):
             return TrialScheduler.CONTINUE
         self.stops[tid] = self._record(trial, rung, int(step), result)
         return TrialScheduler.STOP

@@ -138,12 +138,13 @@ class Hypervolume:
 class EarlyStopping:
     """Multi-objective early stopping (scheduler.MOASHA): at rungs of grace·η^k optimizer steps a
     trial continues while it ranks in the top 1/η of the trials the rung has seen (non-dominated
-    sorting of the curve's objectives, ties in a front by crowding distance); the rest stop. Needs
+    sorting of the curve's objectives, ties in a front by crowding distance or ε-net); the rest stop. Needs
     the learning–forgetting curves (curves.every > 0) and grace >= curves.every. A method in
     `grace_per_method` is first judged at its own rung (one of the ladder's), later than grace."""
     grace: int = 8                     # the first rung, in optimizer steps (no trial stops before it)
     eta: float = 3.0                   # rungs grow ×η; a rung keeps its best max(1, ⌊n/η⌋) of n (n < η: all)
-    tie_break: Literal["crowding"] = "crowding"   # inside the cut-off front: larger crowding distance first
+    tie_break: Literal["crowding", "eps_net"] = "crowding"   # inside the cut-off front: larger crowding distance
+                                       # first (NSGA-II's), or eps_net: MO-ASHA's own ε-net order (scheduler.py)
     epsilon: dict[str, float] = field(default_factory=dict)   # {objective: margin}: dominance beyond the
                                        # curve points' noise, and a trial on that first front continues
                                        # (scheduler.py; a deviation from MO-ASHA, off when empty)

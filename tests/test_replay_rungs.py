@@ -40,6 +40,22 @@ def test_noise_margins_let_a_trial_within_them_continue():
     assert replay(_points(curves), trials, Objectives(), grace=4, eta=2, epsilon={"forgetting": 0.4})[1]["c"] == 4
 
 
+def test_the_tie_break_is_the_schedulers():
+    """--tie-break (search.early_stopping.tie_break): three trials on one front at rung 4, keep 1 of 3:
+    crowding keeps both extremes (a and c, tied at inf), MO-ASHA's ε-net only the best gain (c)."""
+    curves = {"a": [(0, 0, 0), (4, 1, 0), (8, 1, 0)],
+              "b": [(0, 0, 0), (4, 2, 1), (8, 2, 1)],
+              "c": [(0, 0, 0), (4, 3, 2), (8, 3, 2)]}
+    trials = pd.DataFrame({"run_id": list(curves)})
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=3)[1] == {"a": None, "b": None, "c": None}
+    # in start order: a, b alone or two (< η) continue; c arrives third: crowding ties it with a at inf
+    assert replay(_points(curves), trials, Objectives(), grace=4, eta=3, tie_break="eps_net")[1]["c"] is None
+    pts = _points({"c": curves["c"], "b": curves["b"], "a": curves["a"]})
+    late = pd.DataFrame({"run_id": ["c", "b", "a"]})
+    assert replay(pts, late, Objectives(), grace=4, eta=3)[1]["a"] is None                     # an extreme: inf
+    assert replay(pts, late, Objectives(), grace=4, eta=3, tie_break="eps_net")[1]["a"] == 4   # c is ahead of it: keep 1
+
+
 def test_per_method_replays_judge_each_method_on_its_own():
     curves = {"f1": [(0, 0, 0), (4, 9, 1), (8, 9, 1)],
               "f2": [(0, 0, 0), (4, 8, 1.5), (8, 8, 2)],

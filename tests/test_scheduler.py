@@ -17,7 +17,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from smf_sweep import objectives as O
 from smf_sweep.objectives import Objectives
-from smf_sweep.scheduler import (MOASHA, budgets, crowding, dominates, fronts, priorities, survives)
+from smf_sweep.scheduler import (MOASHA, budgets, crowding, dominates, eps_net, fronts, priorities, survives)
 from smf_sweep.spec import SpecError, load_spec
 from tests.test_objectives import BASE, SMOKE
 
@@ -92,6 +92,40 @@ def test_ties_inside_the_cut_off_front_go_by_crowding_distance_and_equal_ones_co
     assert not survives(three, "b", eta=3)
     same = {"a": (1.0, 1.0), "b": (1.0, 1.0), "c": (1.0, 1.0)}
     assert all(survives(same, t, eta=3) for t in same)                     # identical: a tie, all continue
+
+
+def test_the_eps_net_order_by_hand():
+    """tie_break: eps_net, MO-ASHA's own order inside a front (Syne Tune's NonDominatedPriority, dim 0):
+    the best first objective, then each time the point farthest from those chosen."""
+    front = [(0, 5), (1, 3), (3, 2), (5, 0)]
+    # (0, 5) first; farthest from it (5, 0) (√50); then (3, 2): min(√18, √8) = 2.8 > (1, 3): min(√5, 5) = 2.2
+    assert eps_net(front) == [0, 3, 2, 1]
+    assert eps_net([(2, 0), (0, 2), (0, 2), (1, 1)]) == [1, 0, 0, 2]     # duplicates share a place
+    assert eps_net([(1, 1)]) == [0]
+    assert priorities(front + [(4, 4)], tie_break="eps_net") == [(0, 0.0), (0, 3.0), (0, 2.0), (0, 1.0), (1, 0.0)]
+    with pytest.raises(ValueError, match="tie_break: one of crowding, eps_net"):
+        priorities(front, tie_break="eps")
+
+
+def test_the_tie_breaks_differ_inside_the_cut_off_front_and_agree_outside_it():
+    three = {"a": (0.0, 2.0), "b": (1.0, 1.0), "c": (2.0, 0.0)}              # one front, keep ⌊3/3⌋ = 1
+    assert [survives(three, t, eta=3) for t in three] == [True, False, True]                 # a, c tied at inf
+    assert [survives(three, t, eta=3, tie_break="eps_net") for t in three] == [True, False, False]   # a, then c
+    chain = {f"t{i}": (float(i), float(i)) for i in range(6)}
+    assert [survives(chain, t, eta=3, tie_break="eps_net") for t in chain] == [survives(chain, t, eta=3) for t in chain]
+
+
+@pytest.mark.parametrize("tie_break", ["crowding", "eps_net"])
+def test_a_trial_that_dominates_its_rung_continues_whatever_order_the_others_came_in(tie_break):
+    """Syne Tune's MOASHA (0.16) reads its priority's index order as each trial's priority, so a new
+    trial dominating all three before it is stopped when they came in one order and kept in the other
+    (docs/pitfalls.md). Here each trial's own rank decides."""
+    for order in ([5.0, 6.0, 7.0], [7.0, 6.0, 5.0]):
+        s = sched(eta=3, tie_break=tie_break)
+        for i, v in enumerate(order):
+            feed(s, f"t{i}", point(4, -v, v))            # gain −v, forgetting v: worse as v grows
+        assert feed(s, "new", point(4, 1.0, 0.0)) == [GO]
+        assert feed(s, "worst", point(4, -9.0, 9.0)) == [STOP]
 
 
 def test_noise_margins_dominate_only_beyond_them_and_keep_the_first_front():
@@ -278,7 +312,7 @@ def test_the_scheduler_refuses_what_it_cannot_judge():
     (["curves.every=4", "search.early_stopping={grace: 4, eta: 1}"], "eta: must be a number > 1"),
     (["curves.every=4", "search.early_stopping={grace: 4.5}"], "grace: expected an integer"),
     (["curves.every=4", "search.early_stopping={grace: 0}"], "grace: an integer >= 1"),
-    (["curves.every=4", "search.early_stopping={grace: 4, tie_break: eps}"], "tie_break: must be crowding"),
+    (["curves.every=4", "search.early_stopping={grace: 4, tie_break: eps}"], "tie_break: must be crowding or eps_net"),
     (["curves.every=4", "search.early_stopping={grace: 4, optuna: kill}"], "must be pruned, complete or fail"),
     (["curves.every=4", "search.early_stopping={grace: 4, rungs: 3}"], "unknown key(s) ['rungs']"),
     (["curves.every=4", "search.early_stopping={grace: 4}", "objectives=[{name: medmcqa_gain_pp, mode: max}, "
@@ -328,6 +362,8 @@ def test_off_by_default_shipped_specs_keep_their_hash_and_on_builds_the_schedule
     assert slow.spec_hash() != on.spec_hash() and make_scheduler(slow).first == {"smf": 8}
     s = make_scheduler(on)
     assert isinstance(s, MOASHA) and (s.grace, s.eta) == (4, 2.0) and s.obj.names == ("medmcqa_gain_pp", "forgetting")
+    net = load_spec(SMOKE, ["curves.every=2", "search.early_stopping={grace: 4, eta: 2, tie_break: eps_net}"])
+    assert net.spec_hash() != on.spec_hash() and make_scheduler(net).tie_break == "eps_net"
     assert isinstance(s.total_steps, PlannedSteps) and isinstance(s.cost, TrialCost)
     assert TrialCost(on)({"method": "lora"}, 10.0, 5.0) == {O.COST_S: 10.0, O.COST_TOKENS: 5.0}
     import pickle
