@@ -10,7 +10,8 @@ every sweep's finished trials and front) and compare.md (per sweep and per group
 final hypervolume, hypervolume per device-minute and per training token, the groups' ratios; per
 search seed, the compute each sweep took to reach the hypervolume all of that seed's sweeps reached;
 each method's trials by where they ended; the fronts' best gains; each method's own front's
-hypervolume). A sweep's group is --groups', else
+hypervolume; whether the first group's fronts agree with the second's within its seed spread). A
+sweep's group is --groups', else
 "early stopping" when its spec (spec.json in the sweep dir) turned it on, else "no early stopping".
 Exit status: 0 written, 1 a sweep without hypervolume progress, 2 bad source / unreachable store.
 """
@@ -150,6 +151,54 @@ def _per_seed_line(pairs: list[tuple], a: str, b: str) -> list[str]:
     return ["", f"Per search seed, {a} ÷ {b} (hypervolume per device-minute): {each}{ci}."]
 
 
+def front_spread(rows: list[dict], a: str, b: str, methods: list[str]) -> list[dict]:
+    """Do a's fronts agree with b's within b's seed spread? For the overall front's hypervolume and
+    each method's own front's (hv_by_method; 0 for a method the sweep drew but finished none of,
+    nan where it never drew it): per search seed with sweeps in both groups, the difference a − b
+    of the groups' means over that seed's sweeps; b's spread, the sample standard deviation of its
+    per-seed values (two seeds or more); `within` when every difference is no larger than it."""
+    import numpy as np
+
+    def value(r, m):
+        if m is None:
+            return r["hypervolume"]
+        drew = any(k[0] == m for k in r["ends"])
+        return r["hv_by_method"].get(m, 0.0 if drew else float("nan"))
+
+    out = []
+    for m in [None, *methods]:
+        diffs, base = [], []
+        for seed in dict.fromkeys(r["seed"] for r in rows):
+            va = [value(r, m) for r in rows if r["seed"] == seed and r["group"] == a]
+            vb = [value(r, m) for r in rows if r["seed"] == seed and r["group"] == b]
+            va, vb = [v for v in va if v == v], [v for v in vb if v == v]
+            if va and vb:
+                diffs.append((seed, float(np.mean(va) - np.mean(vb))))
+                base.append(float(np.mean(vb)))
+        spread = float(np.std(base, ddof=1)) if len(base) > 1 else float("nan")
+        out.append({"front": m or "all methods", "diffs": diffs, "spread": spread,
+                    "within": bool(diffs) and spread == spread and all(abs(d) <= spread + 1e-9 for _, d in diffs)})
+    return out
+
+
+def _front_spread_lines(rows: list[dict], a: str, b: str, methods: list[str]) -> list[str]:
+    """compare.md's section on whether the fronts agree within the baseline's seed spread."""
+    check = front_spread(rows, a, b, methods)
+    if not any(c["diffs"] for c in check):
+        return []
+    lines = ["", "## Do the fronts agree within the seed spread?", "",
+             f"Per search seed, the hypervolume of {a}'s front minus {b}'s (the overall front, then each method's own);"
+             f" the spread is the standard deviation of {b}'s values over the seeds. A front agrees when every seed's"
+             " difference is within it.", "",
+             "| front | difference per seed | spread over seeds | agrees |", "|---|---|---|---|"]
+    for c in check:
+        each = ", ".join(f"{d:+.3g} (seed {s})" for s, d in c["diffs"]) or "—"
+        spread = "—" if c["spread"] != c["spread"] else f"{c['spread']:.3g} ({len(c['diffs'])} seeds)"
+        verdict = "—" if c["spread"] != c["spread"] else ("yes" if c["within"] else "**no**")
+        lines.append(f"| {c['front']} | {each} | {spread} | {verdict} |")
+    return lines
+
+
 def _mean_spread(xs) -> str:
     import numpy as np
 
@@ -229,6 +278,8 @@ def table(rows: list[dict], budget: float) -> str:
     for r in rows:
         vals = [r["hv_by_method"].get(m, float("nan")) for m in methods]
         lines.append(f"| {r['sweep']} | {r['group']} | " + " | ".join("—" if v != v else f"{v:.4g}" for v in vals) + " |")
+    if len(groups) >= 2:
+        lines += _front_spread_lines(rows, groups[0], groups[1], methods)
     return "\n".join(lines) + "\n"
 
 

@@ -325,3 +325,32 @@ def test_compare_reports_each_seeds_ratio_with_an_interval():
     assert "1.43× (seed 7), 1.21× (seed 8), 1.42× (seed 9); mean 1.35×, 95 % Student-t interval 1.04–1.66× over 3 seeds" in text, text
     assert "one seed: no interval" in "\n".join(_per_seed_line(pairs[:1], "es", "base"))
     assert per_seed([row("es", 1, 2.0), row("base", 1, 1.0), row("base", 1, 3.0)], "es", "base") == [(1, 1.0)]
+
+
+def test_compare_says_whether_each_front_agrees_within_the_baselines_seed_spread():
+    """issue 16's second acceptance clause: per seed, early stopping's front hypervolume minus the
+    baseline's (overall, then each method's own); agree when every difference is within the
+    standard deviation of the baseline's values over the seeds. A method drawn but never finished
+    counts 0; one never drawn is left out."""
+    from analysis.compare import _front_spread_lines, front_spread
+
+    def row(group, seed, hv, own, drew):
+        return {"group": group, "seed": seed, "hypervolume": hv, "hv_by_method": own,
+                "ends": {(m, "finished"): 1 for m in drew}}
+
+    rows = [row("es", 7, 172.9, {"full": 172.9, "lora": 0.0, "smf": 105.0}, ["full", "lora", "smf"]),
+            row("base", 7, 174.5, {"full": 174.5, "lora": 39.74, "smf": 115.9}, ["full", "lora", "smf"]),
+            row("es", 8, 161.4, {"full": 143.7, "smf": 140.3}, ["full", "lora", "smf"]),   # lora drawn, none finished
+            row("base", 8, 161.4, {"full": 143.7, "lora": 60.95, "smf": 140.3}, ["full", "lora", "smf"]),
+            row("es", 9, 149.9, {"full": 137.9}, ["full"]),                              # smf, lora never drawn
+            row("base", 9, 149.9, {"full": 137.9}, ["full"])]
+    check = {c["front"]: c for c in front_spread(rows, "es", "base", ["full", "lora", "smf"])}
+    assert [round(d, 2) for _, d in check["all methods"]["diffs"]] == [-1.6, 0.0, 0.0]
+    assert check["all methods"]["spread"] == pytest.approx(12.3, abs=0.05) and check["all methods"]["within"]
+    assert [round(d, 2) for _, d in check["lora"]["diffs"]] == [-39.74, -60.95]         # seed 9 left out
+    assert check["lora"]["spread"] == pytest.approx(15.0, abs=0.05) and not check["lora"]["within"]
+    assert [round(d, 2) for _, d in check["smf"]["diffs"]] == [-10.9, 0.0] and check["smf"]["within"]   # spread 17.3
+    text = "\n".join(_front_spread_lines(rows, "es", "base", ["full", "lora", "smf"]))
+    assert "| lora | -39.7 (seed 7), -61 (seed 8) | 15 (2 seeds) | **no** |" in text, text
+    one = front_spread(rows[:2], "es", "base", ["full"])
+    assert one[0]["spread"] != one[0]["spread"] and not one[0]["within"]                   # one seed: no spread
