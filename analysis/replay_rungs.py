@@ -20,7 +20,9 @@ those are on the sweep's final front (finished trials, full probes):
 the front points this schedule would have lost, and the hypervolume of the arm's own front with
 its finished trials against with all of them (does the schedule drop a method that starts slow?);
 then the front's hypervolume with every trial against with the trials the replay lets finish, and
-the optimizer steps the replay would have run (a stopped trial runs to its rung) as a share of all.
+the optimizer steps the replay would have run (a stopped trial runs to its rung) as a share of all,
+and the compute it would have spent (estimated: a stopped trial costs its cost/device_s up to the
+wall time of the point it is judged at) with the hypervolume per device-minute against the sweep's.
 A trial's point at a rung is its first curve point at or after the rung's step.
 Exit status: 0 printed, 1 no finished trial with curves, 2 bad source.
 """
@@ -109,6 +111,32 @@ def replay(points, trials, obj, grace: int, eta: float, epsilon: dict[str, float
     return rungs, out
 
 
+def replayed_cost(client, fin, points, obj) -> tuple[float, float] | None:
+    """(device-seconds of the finished trials, device-seconds of the same with the replay's stops):
+    a stopped trial costs its own `cost/device_s` × the share of its run's wall time (MLflow's start
+    to end) that had passed when it logged the curve point it is judged at (the first at or after
+    its rung), as a live stop records Tune's time_total_s at that point. None without costs."""
+    import pandas as pd
+
+    if "cost/device_s" not in fin or fin["cost/device_s"].isna().any():
+        return None
+    key = "curve/" + obj.names[0]
+    total = replay = 0.0
+    for r in fin.to_dict("records"):
+        cost = float(r["cost/device_s"])
+        total += cost
+        if pd.isna(r["stopped_at"]):
+            replay += cost
+            continue
+        steps = points[(points["run_id"] == r["run_id"]) & (points["step"] >= r["stopped_at"])]["step"]
+        at = {m.step: m.timestamp for m in client.get_metric_history(r["run_id"], key)}.get(int(steps.min()))
+        start, end = r["start_time"].timestamp() * 1e3, r["end_time"].timestamp() * 1e3
+        if at is None or not end > start:
+            return None
+        replay += cost * min(1.0, max(0.0, (at - start) / (end - start)))
+    return total, replay
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -181,6 +209,14 @@ def main(argv=None) -> int:
     print(f"hypervolume (reference {refs}): {hv_all:.4g} with all {len(rows_all)} trials, {hv_kept:.4g} with the "
           f"{len(kept)} the replay lets finish ({hv_kept / hv_all:.0%} of it) at {steps / (total * len(rows_all)):.0%}"
           f" of the optimizer steps" if hv_all else f"hypervolume (reference {refs}): 0 with every trial")
+    from mlflow.tracking import MlflowClient
+
+    cost = replayed_cost(MlflowClient(tracking_uri=sweep.tracking_uri), fin, points, obj)
+    if cost is not None and hv_all and cost[1] > 0:
+        (full, cut), ratio = cost, (hv_kept / cost[1]) / (hv_all / cost[0])
+        print(f"compute (estimated): {full / 60:.1f} device-minutes with every trial, {cut / 60:.1f} with the replay's"
+              f" stops (a stopped trial: its cost up to the point it is judged at); hypervolume per device-minute"
+              f" {ratio:.2f}× the sweep's")
     if args.csv:
         cols = ["trial_id", "arm", "config", "seed", "stopped_at", "on_front", *obj.names]
         pd.DataFrame(fin[cols]).to_csv(args.csv, index=False)

@@ -103,3 +103,31 @@ def test_the_cli_reads_margins_and_refuses_unknown_objectives(capsys, monkeypatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["no_such_experiment", "--grace", "4"]) == 2          # a name the tracking store lacks
     assert "no MLflow experiment named 'no_such_experiment'" in capsys.readouterr().err
+
+
+def test_the_replays_compute_counts_a_stopped_trial_up_to_the_point_it_is_judged_at(tmp_path):
+    """replayed_cost: a finished trial costs its cost/device_s; a stopped one that share of it which
+    its run's wall time had reached when it logged the curve point judged (the first at or after its
+    rung), read from a real MLflow store's metric timestamps."""
+    from mlflow import MlflowClient
+
+    from analysis.replay_rungs import replayed_cost
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("replay")
+    t0 = 1_700_000_000_000                                          # ms
+    rows = []
+    for rid_name, cost, stopped_at, point_ms in [("done", 100.0, None, None), ("cut", 200.0, 4, 30_000)]:
+        run = client.create_run(exp, start_time=t0)
+        for step, ts in [(0, t0 + 1_000), (5, t0 + (point_ms or 50_000)), (8, t0 + 90_000)]:
+            client.log_metric(run.info.run_id, "curve/medmcqa_gain_pp", 1.0, timestamp=ts, step=step)
+        client.set_terminated(run.info.run_id, end_time=t0 + 120_000)
+        rows.append({"run_id": run.info.run_id, "cost/device_s": cost, "stopped_at": stopped_at,
+                     "start_time": pd.Timestamp(t0, unit="ms", tz="UTC"),
+                     "end_time": pd.Timestamp(t0 + 120_000, unit="ms", tz="UTC")})
+    fin = pd.DataFrame(rows)
+    points = pd.DataFrame([{"run_id": r["run_id"], "step": s} for r in rows for s in (0, 5, 8)])
+    total, cut = replayed_cost(client, fin, points, Objectives())
+    assert total == 300.0
+    assert cut == 100.0 + 200.0 * 30_000 / 120_000                # judged at step 5 (the first >= rung 4): 25 %
+    assert replayed_cost(client, fin.assign(**{"cost/device_s": [100.0, None]}), points, Objectives()) is None
