@@ -129,6 +129,8 @@ def replayed_cost(client, fin, points, obj) -> tuple[float, float] | None:
             replay += cost
             continue
         steps = points[(points["run_id"] == r["run_id"]) & (points["step"] >= r["stopped_at"])]["step"]
+        if steps.empty or pd.isna(r["start_time"]) or pd.isna(r["end_time"]):
+            return None
         at = {m.step: m.timestamp for m in client.get_metric_history(r["run_id"], key)}.get(int(steps.min()))
         start, end = r["start_time"].timestamp() * 1e3, r["end_time"].timestamp() * 1e3
         if at is None or not end > start:
