@@ -134,9 +134,14 @@ def test_sweep_spreads_over_nodes_and_survives_a_lost_node(cluster, tmp_path):
     by_status = {}
     for x in runs:
         by_status.setdefault(x.info.status, []).append(x)
-    for x in by_status.get("FAILED", []):                     # the interrupted trial, if it was not retried
+    # One CPU per node and two trials at once: when w1 goes, at most two trials lose an actor there, the
+    # one whose Train worker ran on it and the one whose driver did (a driver reserves no CPU and may
+    # sit on any node, tune.driver_resources; `search.driver_resource` keeps drivers off nodes that can
+    # go: tests/test_cluster_configs.py). Each is recorded FAILED with its reason; every other finishes.
+    for x in by_status.get("FAILED", []):
         assert x.data.tags.get("failure_reason")
-    assert len(by_status.get("FINISHED", [])) >= 5
+    assert len(by_status.get("FAILED", [])) <= 2 and len(by_status.get("FINISHED", [])) >= 4, \
+        {k: len(v) for k, v in by_status.items()}
     for x in first:                                           # finished before the fault: still there
         again = next(y for y in runs if y.info.run_id == x.info.run_id)
         assert again.info.status == "FINISHED" and "forgetting" in again.data.metrics
