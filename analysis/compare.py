@@ -124,18 +124,25 @@ def to_target(rows: list[dict], groups: list[str]) -> list[dict]:
     return out
 
 
-def per_seed(rows: list[dict], a: str, b: str, key: str = "hv_per_min") -> list[tuple]:
-    """(seed, ratio) per search seed with sweeps in both groups: the mean `key` of a's sweeps of that
-    seed ÷ b's (a paired ratio: both arms of a seed try the same configurations while TPE is random)."""
+def seed_means(rows: list[dict], a: str, b: str, value) -> list[tuple]:
+    """(seed, mean of a's, mean of b's) per search seed with sweeps in both groups: `value(row)` over
+    each group's sweeps of that seed, nan values left out (a paired comparison: both arms of a seed
+    try the same configurations while TPE is random)."""
     import numpy as np
 
     out = []
     for seed in dict.fromkeys(r["seed"] for r in rows):
-        va = [r[key] for r in rows if r["seed"] == seed and r["group"] == a and r[key] == r[key]]
-        vb = [r[key] for r in rows if r["seed"] == seed and r["group"] == b and r[key] == r[key]]
-        if va and vb and np.mean(vb) > 0:
-            out.append((seed, float(np.mean(va) / np.mean(vb))))
+        va = [v for r in rows if r["seed"] == seed and r["group"] == a for v in [value(r)] if v == v]
+        vb = [v for r in rows if r["seed"] == seed and r["group"] == b for v in [value(r)] if v == v]
+        if va and vb:
+            out.append((seed, float(np.mean(va)), float(np.mean(vb))))
     return out
+
+
+def per_seed(rows: list[dict], a: str, b: str, key: str = "hv_per_min") -> list[tuple]:
+    """(seed, ratio) per search seed with sweeps in both groups: the mean `key` of a's sweeps of that
+    seed ÷ b's (seed_means)."""
+    return [(seed, ma / mb) for seed, ma, mb in seed_means(rows, a, b, lambda r: r[key]) if mb > 0]
 
 
 def _per_seed_line(pairs: list[tuple], a: str, b: str) -> list[str]:
@@ -167,14 +174,9 @@ def front_spread(rows: list[dict], a: str, b: str, methods: list[str]) -> list[d
 
     out = []
     for m in [None, *methods]:
-        diffs, base = [], []
-        for seed in dict.fromkeys(r["seed"] for r in rows):
-            va = [value(r, m) for r in rows if r["seed"] == seed and r["group"] == a]
-            vb = [value(r, m) for r in rows if r["seed"] == seed and r["group"] == b]
-            va, vb = [v for v in va if v == v], [v for v in vb if v == v]
-            if va and vb:
-                diffs.append((seed, float(np.mean(va) - np.mean(vb))))
-                base.append(float(np.mean(vb)))
+        means = seed_means(rows, a, b, lambda r: value(r, m))
+        diffs = [(seed, ma - mb) for seed, ma, mb in means]
+        base = [mb for _, _, mb in means]
         spread = float(np.std(base, ddof=1)) if len(base) > 1 else float("nan")
         out.append({"front": m or "all methods", "diffs": diffs, "spread": spread,
                     "within": bool(diffs) and spread == spread and all(abs(d) <= spread + 1e-9 for _, d in diffs)})
