@@ -28,7 +28,8 @@ keys that differ (old → new). No key may differ: the spec's hash (Spec.spec_ha
 names the Optuna study and finds the MLflow parent run, and trials carry it as a tag, so a resumed
 sweep with any other key would start a second study and parent run in the same experiment (and the
 restored Tune experiment would keep its original search settings anyway). Only the spec file's path
-(`source`) may change. Errors are SpecErrors (exit code 2)."""
+(`source`) may change. A directory moved or copied elsewhere (only `storage` differs) is told so:
+it resumes only where it started (moved_message). Errors are SpecErrors (exit code 2)."""
 from __future__ import annotations
 
 import itertools
@@ -333,6 +334,8 @@ def check_sweep_dir(spec: Spec) -> None:
     diffs = spec_diff(old, new)
     if not diffs:
         return
+    if [k for k, _, _ in diffs] == ["storage"]:
+        raise SweepDirError(moved_message(spec, Path(str(old["storage"])) / spec.name))
     shown = [f"  {k}: {o} → {n}" for k, o, n in diffs[:25]]
     if len(diffs) > 25:
         shown.append(f"  … and {len(diffs) - 25} more")
@@ -343,6 +346,22 @@ def check_sweep_dir(spec: Spec) -> None:
         "(spec_hash), so another spec would mix its trials into that sweep. Run this spec elsewhere "
         "(--storage OTHER_DIR, or a new name: --set name=NEW_NAME), or resume that sweep with the spec it was "
         "started with.")
+
+
+def moved_message(spec: Spec, started: Path) -> str:
+    """Why a sweep directory moved or copied from `started` is not resumed where it is now: Ray's
+    Tuner.restore unpickles the searcher, scheduler and callbacks from tuner.pkl, each holding the
+    absolute path it was given (optuna.db, rungs.json, the default mlflow.db), so a resumed driver
+    would read and write the files at `started`."""
+    here = spec.sweep_dir()
+    return (f"{spec.source_file}: the sweep directory {here} was started at {started} (its {FROZEN}: storage) and "
+            f"has been moved or copied here. It resumes only at {started}: Ray restores the sweep's Optuna searcher, "
+            f"its early-stopping rungs and its MLflow logger as pickled, with the absolute paths of optuna.db, "
+            f"rungs.json and mlflow.db there, so resumed trials would be recorded in {started}"
+            f"{' (which exists: another copy)' if started.exists() else ''}, not here. Move it back, or link the "
+            f"old path to it (ln -s {here} {started}) and submit with --storage {started.parent}. Analysis reads it "
+            f"where it is (python -m analysis.pareto {here}); to start this spec afresh here, use another name "
+            f"(--set name=NEW_NAME).")
 
 
 def spec_diff(old: dict, new: dict) -> list[tuple[str, str, str]]:

@@ -88,3 +88,31 @@ def test_the_cli_refuses_before_ray_starts(tmp_path):
     assert "Ray" not in p.stdout and "ray.init" not in err and "Started a local Ray instance" not in err, err
     assert frozen.read_text() == before and not (tmp_path / "runs" / "tiny" / "tune").exists()
     assert took < 120, took
+
+
+def test_a_moved_sweep_directory_is_told_where_it_resumes(tmp_path):
+    """Only `storage` differs: the directory was moved or copied. Ray restores the searcher, the
+    scheduler and the MLflow logger with their pickled absolute paths, so the message says where the
+    sweep resumes, how to resume it here (a link) and that analysis reads it anywhere."""
+    first = tmp_path / "cluster"
+    old = load_spec(SMOKE, [f"storage={first}"])
+    old.sweep_dir().mkdir(parents=True)
+    write_frozen_spec(resolve_world_dry(old))
+    here = tmp_path / "laptop"
+    here.mkdir()
+    os.rename(old.sweep_dir(), here / "smoke")
+    with pytest.raises(SweepDirError) as e:
+        check_sweep_dir(load_spec(SMOKE, [f"storage={here}"]))
+    msg = str(e.value)
+    assert f"the sweep directory {here / 'smoke'} was started at {first / 'smoke'}" in msg, msg
+    assert "another copy" not in msg and "belongs to another spec" not in msg, msg
+    assert f"ln -s {here / 'smoke'} {first / 'smoke'}" in msg and f"--storage {first}" in msg, msg
+    assert f"python -m analysis.pareto {here / 'smoke'}" in msg, msg
+    os.symlink(here / "smoke", first / "smoke")           # the advice: the old path links to it
+    check_sweep_dir(load_spec(SMOKE, [f"storage={first}"]))
+    os.unlink(first / "smoke")                             # a copy: the old directory exists too
+    (first / "smoke").mkdir()
+    with pytest.raises(SweepDirError, match=r"\(which exists: another copy\)"):
+        check_sweep_dir(load_spec(SMOKE, [f"storage={here}"]))
+    with pytest.raises(SweepDirError, match="belongs to another spec"):   # another key too: another spec
+        check_sweep_dir(load_spec(SMOKE, [f"storage={here}", "search.trials=8"]))
