@@ -9,7 +9,7 @@
 # Past TPE's 10 random trials, give both arms the hypervolume's box, or the baseline spends its trials where the
 # hypervolume counts nothing and early stopping looks better than it is (README: 1.56x without, 1.24x with):
 #   SEEDS=0 bash bench/early_stopping.sh runs/es30c --set search.trials=30 --set 'constraints={forgetting: "<= 20"}'
-# Curves that rank the trials (256 sampled items, the margins halved for 4x the items; about 100 minutes a seed):
+# Curves that rank the trials (256 sampled items, the margins halved for 4x the items; 50 to 65 minutes a seed on 2 cores):
 #   SEEDS="10 11" bash bench/early_stopping.sh runs/es256 --set curves.limit=256 --set curves.subset=sample \
 #     --set 'search.early_stopping.epsilon={medmcqa_gain_pp: 3, forgetting: 1.5}'
 set -euo pipefail
