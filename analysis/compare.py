@@ -139,6 +139,14 @@ def seed_means(rows: list[dict], a: str, b: str, value) -> list[tuple]:
     return out
 
 
+def _ratio(x: float, y: float, b: str) -> str:
+    """x ÷ y as "1.23×"; where y is 0 (b's fronts hold no point inside the reference) there is no ratio,
+    and the text says why instead of printing inf or nan."""
+    if y > 0:
+        return f"{x / y:.2f}×"
+    return f"none ({b}'s hypervolume is 0: no front point inside the reference)" if y == 0 else "none"
+
+
 def per_seed(rows: list[dict], a: str, b: str, key: str = "hv_per_min") -> list[tuple]:
     """(seed, ratio) per search seed with sweeps in both groups: the mean `key` of a's sweeps of that
     seed ÷ b's (seed_means)."""
@@ -233,12 +241,12 @@ def table(rows: list[dict], budget: float) -> str:
         import numpy as np
 
         a, b = groups[0], groups[1]
-        ratio = np.mean(per_min[a]) / np.mean(per_min[b])
-        lines += ["", f"Hypervolume per device-minute, {a} ÷ {b}: **{ratio:.2f}×** (ratio of the groups' means)."]
+        ratio = _ratio(np.mean(per_min[a]), np.mean(per_min[b]), b)
+        lines += ["", f"Hypervolume per device-minute, {a} ÷ {b}: **{ratio}** (ratio of the groups' means)."]
         lines += _per_seed_line(per_seed(rows, a, b), a, b)
         if all(x == x for x in per_tok[a] + per_tok[b]):
-            ratio = np.mean(per_tok[a]) / np.mean(per_tok[b])
-            lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio:.2f}× (the same ratio with compute counted"
+            ratio = _ratio(np.mean(per_tok[a]), np.mean(per_tok[b]), b)
+            lines += ["", f"Hypervolume per training token, {a} ÷ {b}: {ratio} (the same ratio with compute counted"
                           " as the tokens the optimizer saw: blind to each trial's start-up and probes, the fixed costs"
                           " a long trial on a GPU makes small)."]
         lines += _to_target_lines(to_target(rows, groups), a, b)

@@ -252,10 +252,27 @@ def main(argv: list[str] | None = None) -> int:
         (world / "world.json").write_text(json.dumps(info, indent=2) + "\n")
         print(f"recorded in {world / 'world.json'}")
     if args.record:
-        args.record.write_text(json.dumps({"world_key": info["key"], "config": info["config"], "calibration": cal},
+        args.record.write_text(json.dumps({"world_key": info["key"], "content_hash": info["content_hash"],
+                                           "built_on": machine(), "config": info["config"], "calibration": cal},
                                           indent=1) + "\n")
         print(f"recorded in {args.record}")
     return 0 if all(c["passed"] for c in controls(cal).values()) else 1
+
+
+def machine() -> dict:
+    """What a world's weights depend on besides its key: the CPU and the kernels torch picks for it.
+    The build is deterministic on one kind of machine, not across kinds: CPU kernels of another
+    instruction set round differently, and pretraining carries that into every weight (a CI machine
+    once built the default world with other weights, and every trial on it gave other digits)."""
+    import platform
+
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [ln.split(":", 1)[1].strip() for ln in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+             if ln.startswith("model name")]
+    return {"cpu": names[0] if names else platform.processor() or platform.machine(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
 
 
 def controls(cal: dict) -> dict:

@@ -28,6 +28,35 @@ def world():
     return build_world(WorldConfig(), progress=False)
 
 
+def _on(m: dict | None) -> str:
+    return f"on {m['cpu']}, torch {m['torch']}, {m['torch_cpu_capability']} kernels" if m else "machine not recorded"
+
+
+@pytest.fixture(scope="session")
+def recorded_build(world):
+    """check(recorded, what): skip, saying why, unless this machine built the default world with the
+    weights a record was made on. The world's key (config and generator code) must match: a changed
+    world fails. Its content hash (weights and data) may not: the build is deterministic on one kind
+    of machine, and CPU kernels of another instruction set round differently (smf_sweep.calibrate.
+    machine). A record's exact digits hold only on the build it was made on."""
+    import json
+
+    from smf_sweep.calibrate import machine
+
+    info = json.loads((world / "world.json").read_text())
+
+    def check(recorded: dict, what: str) -> None:
+        assert recorded.get("key") == info["key"], \
+            f"{what} is of another default world (key {recorded.get('key')}, this one {info['key']}): record it again"
+        if recorded.get("content_hash") != info["content_hash"]:
+            made = (f"a build whose weights hash to {recorded['content_hash'][:12]} ({_on(recorded.get('built_on'))})"
+                    if recorded.get("content_hash") else "a build it does not name")
+            pytest.skip(f"{what} was made on {made}; this machine built {info['content_hash'][:12]} "
+                        f"({_on(machine())}): CPU kernels of another kind, or another torch, round differently, "
+                        "so its exact digits do not apply here")
+    return check
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     from smf_sweep.world import TINY, build_world

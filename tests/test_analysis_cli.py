@@ -307,6 +307,17 @@ def test_compare_compute_to_the_same_hypervolume():
     assert "base ÷ es: **2.00×**" in text and "base ÷ es: **2.67×**" in text
 
 
+def test_compare_gives_no_ratio_where_the_baseline_has_no_hypervolume():
+    """analysis.compare: a ratio whose baseline hypervolume is 0 (no front point inside the reference:
+    the smoke sweep on some machines' worlds) says so, not nan× or inf×."""
+    from analysis.compare import _ratio
+
+    assert _ratio(3.0, 2.0, "off") == "1.50×"
+    assert _ratio(0.0, 0.0, "off") == _ratio(1.0, 0.0, "off") == \
+        "none (off's hypervolume is 0: no front point inside the reference)"
+    assert _ratio(1.0, float("nan"), "off") == "none"
+
+
 def test_compare_reports_each_seeds_ratio_with_an_interval():
     """analysis.compare: per search seed, early stopping's hypervolume per device-minute ÷ the
     baseline's (means over each group's sweeps of the seed), then their mean with a 95 % Student-t

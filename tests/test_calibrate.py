@@ -59,7 +59,9 @@ def test_calibrate_runs_on_a_tiny_world_and_records_its_controls(tmp_path, monke
     sets = [f"world.{k}={v}" for k, v in TINY.to_dict().items() if k != "seed"]
     sets += ["train.max_steps=2", "train.micro_batch_size=4", "train.effective_batch=4", "train.max_len=64",
              "probes.medmcqa.limit=8", "probes.triviaqa.limit=8", "probes.wikitext.limit=8"]
-    argv = ["search_spaces/smoke.yaml", "--lrs", "1e-4", "--write"] + [x for s in sets for x in ("--set", s)]
+    record = tmp_path / "record.json"
+    argv = ["search_spaces/smoke.yaml", "--lrs", "1e-4", "--write", "--record", str(record)] + \
+        [x for s in sets for x in ("--set", s)]
     rc = main(argv)
     out = capsys.readouterr().out
     (world,) = (tmp_path / "cache" / "worlds").glob("world-*[!k]")
@@ -75,5 +77,8 @@ def test_calibrate_runs_on_a_tiny_world_and_records_its_controls(tmp_path, monke
     assert len(cal["format_shift"]["runs"]) == 3 and cal["how"]["base_seeds"] == [0, 1]
     assert cal["how"]["overrides"] == sets
     assert content_hash(world) == info["content_hash"], "the record stays outside the world's content"
+    rec = json.loads(record.read_text())     # the repository's kind of record: of which build, on which machine
+    assert rec["world_key"] == info["key"] and rec["content_hash"] == info["content_hash"] and rec["calibration"] == cal
+    assert set(rec["built_on"]) == {"cpu", "torch_cpu_capability", "torch"} and rec["built_on"]["cpu"]
     for name in ("converged_base", "no_spill_over", "gradual_forgetting", "resolution", "build"):
         assert name in out

@@ -197,11 +197,15 @@ def test_compare_reports_the_sweep_with_its_stops(sweep, tmp_path):
     minutes = s.progress["compute_s"].iloc[-1] / 60
     row = f"| {sweep['spec'].name} | a | 4 | {summary['finished']} | {summary['stopped']} | {minutes:.1f} |"
     assert row in text, text
-    assert "a ÷ b: **1.00×**" in text
+    hv = s.progress["hypervolume"].dropna()
+    # equal sweeps: 1.00, unless their front holds nothing inside the reference (the smoke sweep's
+    # outcome depends on the world this machine built: tests/test_golden.py)
+    ratio = "1.00×" if len(hv) and hv.iloc[-1] > 0 else "none (b's hypervolume is 0: no front point inside the reference)"
+    assert f"a ÷ b: **{ratio}**" in text, text
     search = s.trials[s.trials["stage"].fillna("search") == "search"]
     tokens_m = search["cost/tokens"].sum() / 1e6    # training tokens, stopped trials' to their rung
     assert tokens_m > 0 and f"| {tokens_m:.3g} | " in text, text
-    assert "Hypervolume per training token, a ÷ b: 1.00×" in text
+    assert f"Hypervolume per training token, a ÷ b: {ratio} (" in text, text
     assert "Device-minutes to reach the target, b ÷ a: **1.00×**" in text, text   # equal sweeps, one seed
     assert f"| lora | {summary['finished']} finished, 1 stopped at step " in text or summary["stopped"] > 1, text
     from analysis.runs import feasible, finished

@@ -198,6 +198,17 @@ def test_default_world_passes_its_calibration_control(control):
     assert cal["passed"], numbers
 
 
+def test_the_earlier_build_of_the_default_world_is_kept_for_the_readme():
+    """The record made on the machines before 2026-12-01, which built other weights: of today's default
+    world's key, naming no build (it predates recording one), its controls as they were."""
+    from smf_sweep.world import WorldConfig
+    from smf_sweep.world.build import world_key
+
+    rec = json.loads(CALIBRATION.with_name("world_calibration_previous_build.json").read_text())
+    assert rec["world_key"] == world_key(WorldConfig()) and rec["content_hash"] is None and "2026-11-30" in rec["note"]
+    assert all(c["passed"] for n, c in rec["calibration"].items() if n not in ("how", "format_shift"))
+
+
 # Earlier worlds' records, kept because the README quotes them: (file, the config it is of, the
 # overrides that reproduce it with today's defaults).
 EARLIER = [("world_calibration_memorised.json", dict(fresh_articles=False, fresh_general=False),
@@ -221,27 +232,43 @@ def test_earlier_worlds_calibrations_are_recorded_for_their_configs(name, fields
         assert cal[name]["passed"] is True
 
 
-@pytest.mark.slow
-def test_default_world_controls_hold_on_this_machine(world, tmp_path):
-    """The record's cheap controls on the world this machine built: 800 validation questions and a
-    weak base (resolution), the build time, and no spill-over at the spec's lowest full-FT rate
-    (one trial, the smoke budget): the same numbers as the record's run, since the world and the
-    trial are deterministic."""
-    from smf_sweep.calibrate import resolution
-    from smf_sweep.data import load_medmcqa
+@pytest.fixture(scope="module")
+def lowest_rate_trial(world, tmp_path_factory):
+    """Full FT at the smoke spec's lowest rate (one trial, the smoke budget): (lr, WikiText change in %)."""
     from smf_sweep.spec import load_spec, resolve_world
     from smf_sweep.trial import worker_config
     from smf_sweep.worker import train_worker
 
     info = json.loads((world / "world.json").read_text())
-    rec = json.loads(CALIBRATION.read_text())["calibration"]
-    assert resolution(len(load_medmcqa(f"world:{world}", "validation")), info["base_probes"]["medmcqa"])["passed"]
-    assert info["build_seconds"] <= 900
     spec = resolve_world(load_spec(Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml",
-                                   [f"storage={tmp_path}"]), progress=False)
+                                   [f"storage={tmp_path_factory.mktemp('controls')}"]), progress=False)
     lo = spec.methods["full"].search["lr"].low
     final = train_worker(worker_config(spec, "full", {"lr": lo}, 0), reporter=lambda m, c: None)
-    got = 100 * (final["after/wikitext"] / info["base_probes"]["wikitext"] - 1)
-    want = next(r for r in rec["gradual_forgetting"]["runs"] if r["lr"] == lo)["wikitext/delta"]
+    return lo, 100 * (final["after/wikitext"] / info["base_probes"]["wikitext"] - 1)
+
+
+@pytest.mark.slow
+def test_default_world_controls_hold_on_this_machine(world, lowest_rate_trial):
+    """The record's cheap controls on the world this machine built, whichever build it is: 800
+    validation questions and a weak base (resolution), the build time, and no spill-over at the
+    spec's lowest full-FT rate."""
+    from smf_sweep.calibrate import resolution
+    from smf_sweep.data import load_medmcqa
+
+    info = json.loads((world / "world.json").read_text())
+    assert resolution(len(load_medmcqa(f"world:{world}", "validation")), info["base_probes"]["medmcqa"])["passed"]
+    assert info["build_seconds"] <= 900
+    lo, got = lowest_rate_trial
     assert got >= -3.0, f"WikiText fell {got:.1f} % at lr {lo}: the task spills over into the probe"
+
+
+@pytest.mark.slow
+def test_default_world_reproduces_its_record_on_the_recorded_build(lowest_rate_trial, recorded_build):
+    """On the build the record was made on (its content hash), the trial above gives the record's
+    number, since the world and the trial are deterministic on one kind of machine."""
+    rec = json.loads(CALIBRATION.read_text())
+    recorded_build({"key": rec["world_key"], "content_hash": rec.get("content_hash"), "built_on": rec.get("built_on")},
+                   f"tests/golden/{CALIBRATION.name}")
+    lo, got = lowest_rate_trial
+    want = next(r for r in rec["calibration"]["gradual_forgetting"]["runs"] if r["lr"] == lo)["wikitext/delta"]
     assert got == pytest.approx(want, abs=0.5), (got, want)
