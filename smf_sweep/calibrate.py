@@ -262,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
 def machine() -> dict:
     """What a world's weights depend on besides its key: the CPU and the kernels torch picks for it.
     The build is deterministic on one kind of machine, not across kinds: CPU kernels of another
-    instruction set round differently, and pretraining carries that into every weight (a CI machine
-    once built the default world with other weights, and every trial on it gave other digits)."""
+    instruction set round differently, and pretraining carries that into every weight (the machines
+    since 2026-12-01 build the default world with other weights than those of 2026-11-30, and every
+    trial on it gives other digits: README, "The embedded world")."""
     import platform
 
     import torch
