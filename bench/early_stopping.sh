@@ -14,7 +14,7 @@
 #   SEEDS="10 11" bash bench/early_stopping.sh runs/es256 --set curves.limit=256 --set curves.subset=sample \
 #     --set 'search.early_stopping.epsilon={medmcqa_gain_pp: 3, forgetting: 1.5}'
 # The same with SMF first judged at step 120 (seeds 12 and 13: 60 and 67 minutes a seed, the first with the world's 6.5-minute build;
-# seed 14, SEEDS=14 with the same arguments: 49 minutes):
+# seed 14, SEEDS=14 with the same arguments: 49 minutes; seed 15: 48 minutes):
 #   SEEDS="12 13" bash bench/early_stopping.sh runs/es256g --set curves.limit=256 --set curves.subset=sample \
 #     --set 'search.early_stopping.epsilon={medmcqa_gain_pp: 3, forgetting: 1.5}' \
 #     --set 'search.early_stopping.grace_per_method={smf: 120}'
