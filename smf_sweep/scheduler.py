@@ -50,7 +50,11 @@ Constraints do not enter a rung decision. Ray does not checkpoint schedulers (a 
 unpickles the scheduler it was built with, before any trial), so the rungs are kept in a file of their
 own (`state`: tune.run_sweep keeps `rungs.json` in the sweep directory), rewritten at every
 record and read back before a resumed driver's first decision: a resumed sweep judges its trials
-against every point recorded before the crash, as the uninterrupted one would have.
+against every point recorded before the crash, as the uninterrupted one would have. A trial the
+killed driver was running that Tune's experiment state does not hold comes back under a new trial id
+(tune.SafeOptunaSearch.restore re-queues its parameters): at the first decision after the restore,
+entries of trials that neither ended nor were restored by Tune move to the file's `orphaned` record
+(kept, not counted), so that configuration is not counted twice at the rungs it had reached.
 
 What a STOP leaves: Tune ends the trial TERMINATED (not ERROR), so the searcher and the callbacks hear
 of it through on_trial_complete. Before they do, `on_trial_complete` here writes the stop into the
@@ -222,8 +226,11 @@ class MOASHA(FIFOScheduler):
         self.tokens: dict[str, float] = {}             # trial id -> the last train/tokens seen
         self.stops: dict[str, dict] = {}               # trial id -> what its last result gets (on_trial_complete)
         self.method: dict[str, str] = {}               # trial id -> its method (per_method; kept with the rungs)
-        self.state = None if state is None else str(state)   # the rungs' file (rungs, judged, method)
+        self.state = None if state is None else str(state)   # the rungs' file (rungs, judged, method, …)
         self.restored = self.state is None             # read back once, before the first decision
+        self.ended: set[str] = set()                   # trial ids that ended (kept with the rungs)
+        self.orphaned: dict[str, dict[str, list]] = {}   # budget -> {trial id: objectives}: not counted
+        self.added: set[str] | None = None             # trial ids Tune added since a restore; None: no check due
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         """The objectives are the spec's (the searcher's too); a metric/mode from TuneConfig would be
@@ -271,6 +278,9 @@ class MOASHA(FIFOScheduler):
         self.rungs = {int(b): {t: tuple(v) for t, v in e.items()} for b, e in d["rungs"].items()}
         self.judged = {t: int(b) for t, b in d["judged"].items()}
         self.method = {t: str(m) for t, m in d["method"].items()}
+        self.ended = set(d.get("ended", ()))
+        self.orphaned = d.get("orphaned", {})
+        self.added = set()
         print(f"early stopping: {sum(map(len, self.rungs.values()))} rung entries of {len(self.judged)} trials "
               f"read back from {path}", file=sys.stderr)
 
@@ -279,18 +289,42 @@ class MOASHA(FIFOScheduler):
         if self.state is None:
             return
         d = {"rungs": {str(b): {t: list(v) for t, v in e.items()} for b, e in sorted(self.rungs.items())},
-             "judged": self.judged, "method": self.method}
+             "judged": self.judged, "method": self.method, "ended": sorted(self.ended), "orphaned": self.orphaned}
         tmp = Path(f"{self.state}.tmp")
         tmp.write_text(json.dumps(d))
         os.replace(tmp, self.state)
 
+    def drop_orphans(self) -> None:
+        """Once, at the first decision after a restore (Tune has added every trial it restored by
+        then): rung entries of trials that did not end and that Tune did not restore belong to a trial
+        re-queued under a new id; they move to `orphaned`."""
+        if self.added is None:
+            return
+        lost = set(self.judged) - self.added - self.ended
+        self.added = None
+        if not lost:
+            return
+        for budget, entries in self.rungs.items():
+            for tid in lost & set(entries):
+                self.orphaned.setdefault(str(budget), {})[tid] = list(entries.pop(tid))
+        for tid in lost:
+            self.judged.pop(tid, None)
+            self.method.pop(tid, None)
+        self.save_rungs()
+        print(f"early stopping: {len(lost)} trial(s) of the previous driver neither ended nor were restored by "
+              f"Tune ({', '.join(sorted(lost))}: re-queued under new ids); their rung entries are kept in "
+              f"{self.state} as `orphaned`, not counted", file=sys.stderr)
+
     # -- Tune's calls ------------------------------------------------------------------------------------
     def on_trial_add(self, tune_controller, trial):
         self.restore_rungs()
+        if self.added is not None:
+            self.added.add(trial.trial_id)
         self._total(trial)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         self.restore_rungs()
+        self.drop_orphans()
         tid = trial.trial_id
         tokens = result.get("train/tokens")
         if isinstance(tokens, (int, float)) and not isinstance(tokens, bool):
@@ -354,6 +388,9 @@ class MOASHA(FIFOScheduler):
         """A trial that ended keeps its rung entries (the rungs' history), nothing else."""
         self.totals.pop(tid, None)
         self.tokens.pop(tid, None)
+        if tid in self.judged and tid not in self.ended:
+            self.ended.add(tid)
+            self.save_rungs()
 
     def debug_string(self) -> str:
         rungs = ", ".join(f"{b}: {len(e)}" for b, e in sorted(self.rungs.items())) or "none yet"

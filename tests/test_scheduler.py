@@ -284,6 +284,8 @@ def test_a_resumed_driver_judges_against_the_rungs_recorded_before_it(tmp_path):
     assert feed(live, "b", point(4, 9.0, 2.0)) == [STOP]       # dominated by a, outside the best ⌊2/2⌋
     resumed = pickle.loads(pickled)                             # the driver crashed; Tuner.restore
     assert resumed.rungs == {}
+    for tid in "abc":                                           # Tune adds the trials it restored, then c
+        resumed.on_trial_add(None, trial(tid))
     assert feed(resumed, "c", point(4, 0.0, 5.0)) == [STOP] == feed(live, "c", point(4, 0.0, 5.0))
     assert resumed.rungs == live.rungs and resumed.judged == live.judged == {"a": 4, "b": 4, "c": 4}
     assert feed(resumed, "a", point(4, 0.0, 9.0)) == [GO] and resumed.rungs[4]["a"] == (-10.0, 1.0)
@@ -292,6 +294,36 @@ def test_a_resumed_driver_judges_against_the_rungs_recorded_before_it(tmp_path):
 
     fresh = make_scheduler(load_spec(SMOKE, ON), state)         # a fresh sweep: a stale file is removed
     assert not state.exists() and fresh.state == str(state)
+
+
+def test_a_trial_requeued_under_a_new_id_is_not_counted_twice(tmp_path):
+    """The killed driver was running a and b; Tune's experiment state holds a (and c, stopped), not b,
+    so Optuna's restore re-queues b's parameters as a new trial, b2. b's old entry moves to `orphaned`
+    at the resumed driver's first decision (kept in the file, not counted): b2 is judged among a, c and
+    itself, where b's copy of its own point would have given it a pass (4 entries keep 2, 3 keep 1)."""
+    import ray.cloudpickle as pickle
+
+    state = tmp_path / "rungs.json"
+    pickled = pickle.dumps(sched(state=state))
+    live = pickle.loads(pickled)
+    for tid in "bac":
+        live.on_trial_add(None, trial(tid))
+    assert feed(live, "b", point(4, 5.0, 3.0)) == [GO]           # alone: fewer than η entries
+    assert feed(live, "a", point(4, 10.0, 1.0)) == [GO]          # dominates b
+    assert feed(live, "c", point(4, 1.0, 5.0)) == [STOP]         # third front of three: outside the best 1
+    live.on_trial_complete(None, live._test_trials["c"], {})   # c ended; a and b were running: the kill
+    resumed = pickle.loads(pickled)                            # Tuner.restore: a and c come back, b does not
+    for tid in ("a", "c", "b2"):                               # b2: b re-queued under a new id
+        resumed.on_trial_add(None, trial(tid))
+    assert feed(resumed, "b2", point(4, 5.0, 3.0)) == [STOP]   # with b counted too: CONTINUE (a tie with b)
+    kept = json.loads(state.read_text())
+    assert set(kept["rungs"]["4"]) == {"a", "c", "b2"} and kept["orphaned"] == {"4": {"b": [-5.0, 3.0]}}
+    assert set(resumed.judged) == {"a", "c", "b2"} and kept["ended"] == ["c"]
+    again = pickle.loads(pickled)                              # a later restore reads the record back
+    again.on_trial_add(None, trial("a"))
+    assert again.orphaned == {"4": {"b": [-5.0, 3.0]}} and "b" not in again.rungs[4]
+    fresh = pickle.loads(pickle.dumps(sched(state=tmp_path / "new.json")))
+    assert feed(fresh, "x", point(4, 1.0, 1.0)) == [GO] and fresh.added is None   # no restore: no check
 
 
 def test_the_scheduler_refuses_what_it_cannot_judge():
