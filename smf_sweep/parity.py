@@ -1,6 +1,6 @@
 """Compare the `harness` probe variants with lm-evaluation-harness itself, on the same model and data.
 
-    python -m smf_sweep.parity [--world DIR] [--tasks ...] [--limit N] [--json]
+    python -m smf_sweep.parity [--world DIR] [--tasks ...] [--limit N] [--generation-config JSON] [--json]
 
 Runs lm_eval's own `medmcqa`, `triviaqa` and `wikitext` tasks (their YAMLs, utils and HFLM, only the
 dataset path pointed at local files in the real schemas) and this package's `*:harness` probes on
@@ -152,8 +152,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="first N items per task (default: all)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--tol", type=float, default=1e-4, help="largest relative log-likelihood difference allowed")
+    p.add_argument("--generation-config", type=json.loads, default=None, metavar="JSON",
+                   help="entries to set in a copy of the model's generation_config.json before both run, e.g. "
+                   "'{\"repetition_penalty\": 1.1, \"eos_token_id\": [0, 5]}' (Qwen2.5-Instruct ships a penalty "
+                   "of 1.1 and two EOS ids; lm_eval's generate honours them). With a penalty, compare at "
+                   "--batch-size 1: transformers' processor also penalises the pads of lm_eval's padded batches")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     return p.parse_args(argv)
+
+
+def with_generation_config(model_dir: Path, entries: dict, out: Path) -> Path:
+    """A copy of `model_dir` under `out` whose generation_config.json has `entries` set."""
+    import shutil
+
+    copy = out / "model"
+    shutil.copytree(model_dir, copy)
+    path = copy / "generation_config.json"
+    gc = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**gc, **entries}, indent=1))
+    return copy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,10 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.world = build_world(progress=True)
     world = Path(args.world)
     model_dir, data_dir = world / "model", world / "data"
-    theirs = run_harness(model_dir, data_dir, args.tasks, args.limit, args.batch_size)
-    ours = run_ours(model_dir, data_dir, args.tasks, args.limit, args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.generation_config:
+            model_dir = with_generation_config(model_dir, args.generation_config, Path(tmp))
+        theirs = run_harness(model_dir, data_dir, args.tasks, args.limit, args.batch_size)
+        ours = run_ours(model_dir, data_dir, args.tasks, args.limit, args.batch_size)
     checks = compare(ours, theirs, args.tol)
-    print(f"lm-evaluation-harness parity on {world} (limit {args.limit or 'all'}, tol {args.tol:g})")
+    gen = f", generation_config {json.dumps(args.generation_config)}" if args.generation_config else ""
+    print(f"lm-evaluation-harness parity on {world} (limit {args.limit or 'all'}, tol {args.tol:g}{gen})")
     for c in checks:
         print(c.row())
         for n in c.notes:

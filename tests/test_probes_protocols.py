@@ -201,12 +201,63 @@ def test_triviaqa_protocols_end_to_end(tok):
     assert [it["output"] for it in s.items] == ["City of Castelmar, by the sea"] * 5
     assert [it["correct"] for it in s.items] == [True, False, False, False, False] and s.value == 0.2
     assert s.version == "2+G32R1"
-    h = harness.run(scripted(tok, answer, prompts), tok, harness.load(WORLD), batch_size=3)
+    h = harness.run(scripted(tok, answer, prompts, ScriptedGenLM), tok, harness.load(WORLD), batch_size=3)
     assert [it["output"] for it in h.items] == ["City of Castelmar"] * 5    # cut at ","
-    assert h.value == 0.2 and h.metric == "exact_match"
+    assert h.value == 0.2 and h.metric == "exact_match" and h.version.endswith("R1")
     answer = " Castelmar-on-Sea"                                              # substring yes, exact no
     assert study.run(scripted(tok, answer, prompts, ScriptedGenLM), tok, data).value == 0.2
-    assert harness.run(scripted(tok, answer, prompts), tok, data).value == 0.0
+    assert harness.run(scripted(tok, answer, prompts, ScriptedGenLM), tok, data).value == 0.0
+
+
+def test_triviaqa_harness_stops_at_every_eos_of_the_models_generation_config():
+    """lm-eval's HFLM calls model.generate, so generation ends at every EOS id the model's
+    generation_config lists (Qwen2.5-Instruct: <|im_end|> and <|endoftext|>), not only at the
+    tokenizer's: an answer followed by the second EOS and more text is the answer alone (pure argmax
+    glued the text on after skip_special_tokens, and the exact match failed)."""
+    harness = PROBES["triviaqa:harness"]()
+    data = harness.load(WORLD)
+    prompts = [triviaqa_harness_prompt(d["question"]) for d in data]
+    tok = tiny_tokenizer()                              # its own copy, given a second end token (Qwen has two)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    other = tok.convert_tokens_to_ids("<|im_end|>")
+    ends = {tuple(tok(p)["input_ids"][-2:]) for p in prompts}
+    ans = tok(" Castelmar")["input_ids"] + [other] + tok(" Question more")["input_ids"]
+    table = {e: ans[0] for e in ends} | {(e[1], ans[0]): ans[1] for e in ends}
+    table |= {(a, b): c for a, b, c in zip(ans, ans[1:], ans[2:])}
+    model = ScriptedGenLM(table, len(tok), default=tok.eos_token_id)
+    model.generation_config.eos_token_id = [tok.eos_token_id, other]
+    for bs in (1, 3):
+        h = harness.run(model, tok, data, batch_size=bs)
+        assert [it["output"] for it in h.items] == ["Castelmar"] * 5, bs
+        assert h.value == 0.2 and h.extras["eos_token_id"] == [tok.eos_token_id, other]
+    model.generation_config.eos_token_id = tok.eos_token_id           # only the tokenizer's: runs on
+    assert harness.run(model, tok, data).items[0]["output"] == "Castelmar Question more"
+
+
+def test_triviaqa_harness_is_hflms_generate_call_under_a_repetition_penalty(tok):
+    """A model whose generation_config has a repetition penalty (Qwen2.5-Instruct ships 1.1): the
+    harness variant's answers are exactly what lm-eval's HFLM gets from `model.generate(input_ids,
+    attention_mask, do_sample=False, max_length=prompt + G, pad_token_id=…)`, one question at a time,
+    decoded and cut at the stop sequences; batches give the same answers."""
+    harness = PROBES["triviaqa:harness"]()
+    data = harness.load(WORLD)
+    model = tiny_model(len(tok), max_positions=128, seed=3)
+    model.generation_config.repetition_penalty = 1.3
+    model.generation_config.eos_token_id = tok.eos_token_id
+    r1, r3 = harness.run(model, tok, data, batch_size=1), harness.run(model, tok, data, batch_size=3)
+    G = min(harness.max_gen_toks, 128 // 2)
+    until = HARNESS_UNTIL + (tok.decode([tok.eos_token_id]),)
+    pure = []
+    for d in data:
+        ids = torch.tensor([tok(triviaqa_harness_prompt(d["question"]))["input_ids"]])
+        with torch.no_grad():
+            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_length=ids.shape[1] + G, pad_token_id=tok.pad_token_id)
+        pure.append(harness_postprocess(tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True), until))
+    assert [it["output"] for it in r1.items] == pure == [it["output"] for it in r3.items]
+    assert r1.version.endswith("R1.3") and r1.extras["repetition_penalty"] == 1.3
+    model.generation_config.repetition_penalty = 1.0                  # the penalty changes the answers here
+    assert [it["output"] for it in harness.run(model, tok, data).items] != pure
 
 
 def test_run_probes_and_limits(tok, uniform):

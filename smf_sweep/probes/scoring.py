@@ -21,7 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria,
+                          StoppingCriteriaList)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # transformers 5.x renamed the KV-cache argument/field `past_key_values` -> `cache`
@@ -313,11 +314,29 @@ class PadAwareRepetitionPenalty(LogitsProcessor):
         return torch.where(seen[:, :V] > 0, penalised, scores)
 
 
+class StopWhen(StoppingCriteria):
+    """A row is done once `stop(its new tokens)` is true (lm-eval's stop sequences: the caller decodes
+    the tail); `ends[b]` = how many new tokens row b had then. HF pads a done row from there on."""
+
+    def __init__(self, stop: Callable[[list[int]], bool], prompt_len: int, rows: int):
+        self.stop, self.T, self.ends = stop, prompt_len, [None] * rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw) -> torch.BoolTensor:
+        done = []
+        for b, row in enumerate(input_ids[:, self.T:].tolist()):   # (B, new tokens so far)
+            if self.ends[b] is None and self.stop(row):
+                self.ends[b] = len(row)
+            done.append(self.ends[b] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # (B,)
+
+
 @torch.inference_mode()
 def hf_generate(model, prompts: Sequence[Sequence[int]], *, generation_config: GenerationConfig, batch_size: int = 1,
+                stop: Callable[[list[int]], bool] | None = None,
                 progress: bool = False, desc: str = "generating") -> list[list[int]]:
     """`model.generate(input_ids, attention_mask, generation_config=generation_config)` for every prompt;
-    per prompt its new tokens up to and including the first of `generation_config.eos_token_id`.
+    per prompt its new tokens up to and including the first of `generation_config.eos_token_id`, or
+    up to the token at which `stop(new tokens)` first held (a StoppingCriteria: the row ends there).
 
     batch_size 1 (the default): one prompt per call, no padding — exactly HF's generate.
     batch_size > 1: greedy only; LEFT-padded batches with an attention mask (HF derives each row's
@@ -325,7 +344,7 @@ def hf_generate(model, prompts: Sequence[Sequence[int]], *, generation_config: G
     count as seen); settings that read the padded input (`_PAD_SENSITIVE`) are refused. A batch then
     gives one prompt's tokens up to float reduction order (tests check equality on small models)."""
     gc = generation_config
-    stop = set(eos_ids(gc.eos_token_id))
+    eos = set(eos_ids(gc.eos_token_id))
     device = model_device(model)
     if batch_size > 1:
         if gc.do_sample:
@@ -345,18 +364,23 @@ def hf_generate(model, prompts: Sequence[Sequence[int]], *, generation_config: G
             rows = [list(prompts[i]) for i in idx]
             if any(not r for r in rows):
                 raise ValueError("empty prompt")
-            for i, g in zip(idx, _hf_generate_batch(model, rows, gc, device)):
-                n = next((k + 1 for k, t in enumerate(g) if t in stop), len(g))
-                out[i] = g[:n]
+            gens, ends = _hf_generate_batch(model, rows, gc, device, stop)
+            for i, g, end in zip(idx, gens, ends):
+                n = next((k + 1 for k, t in enumerate(g) if t in eos), len(g))
+                out[i] = g[:n if end is None else min(n, end)]
             bar.update(len(idx))
     return out  # type: ignore[return-value]
 
 
-def _hf_generate_batch(model, rows: list[list[int]], gc: GenerationConfig, device) -> list[list[int]]:
+def _hf_generate_batch(model, rows: list[list[int]], gc: GenerationConfig, device,
+                       stop: Callable[[list[int]], bool] | None = None) -> tuple[list[list[int]], list[int | None]]:
+    """The rows' new tokens, and per row where `stop` ended it (None: it did not)."""
     if len(rows) == 1:
         ids = torch.tensor(rows, dtype=torch.long, device=device)  # (1, T)
-        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc)
-        return [seqs[0, ids.shape[1]:].tolist()]
+        when = None if stop is None else StopWhen(stop, ids.shape[1], 1)
+        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc,
+                              stopping_criteria=StoppingCriteriaList([when] if when else []))
+        return [seqs[0, ids.shape[1]:].tolist()], (when.ends if when else [None])
     ids, mask, _ = _left_pad(rows, gc.pad_token_id, device)  # (B, T) each
     T = ids.shape[1]
     penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
@@ -365,5 +389,7 @@ def _hf_generate_batch(model, rows: list[list[int]], gc: GenerationConfig, devic
         gc = copy.deepcopy(gc)
         gc.repetition_penalty = 1.0  # not None: None would be refilled from model.generation_config
         processors.append(PadAwareRepetitionPenalty(penalty, torch.tensor([T - len(r) for r in rows], device=device)))
-    seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, logits_processor=processors)
-    return [seqs[b, T:].tolist() for b in range(len(rows))]
+    when = None if stop is None else StopWhen(stop, T, len(rows))
+    seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, logits_processor=processors,
+                          stopping_criteria=StoppingCriteriaList([when] if when else []))
+    return [seqs[b, T:].tolist() for b in range(len(rows))], (when.ends if when else [None] * len(rows))

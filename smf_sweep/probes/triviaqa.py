@@ -11,10 +11,14 @@ study   (QWEN eval_tasks.eval_triviaqa; SMF_SPEC §6): first 1000 questions, one
         EOS id of the model's generation_config (the study stops at the tokenizer's only);
         `batched=True` generates left-padded batches (pads never count for the repetition
         penalty), the same answers up to float reduction order.
-harness (lm_eval/tasks/triviaqa): every question; "Question: {q}?\\nAnswer:"; greedy until "\\n", ".",
-        "," or EOS (at most 256 tokens), cut at the first of them, strip; correct if the output
+harness (lm_eval/tasks/triviaqa): every question; "Question: {q}?\\nAnswer:"; HFLM's
+        `model.generate(do_sample=False, max_length=prompt + 256, stopping_criteria=until "\\n", ".",
+        "," or the tokenizer's EOS string)`, so, as there, the model's generation_config applies: its
+        repetition_penalty and every EOS id it lists (Qwen2.5-Instruct: 1.1; <|im_end|>, <|endoftext|>);
+        decoded with skip_special_tokens, cut at the first stop sequence, strip; correct if the output
         equals an alias after lowercasing and deleting string.punctuation (exact_match with
-        ignore_case, ignore_punctuation).
+        ignore_case, ignore_punctuation). Batches: left-padded with PadAwareRepetitionPenalty, the
+        answers of lm_eval's default batch size of 1 (scoring.hf_generate).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from transformers import GenerationConfig
 from ..data import load_triviaqa
 from ..data.formats import triviaqa_harness_prompt, triviaqa_prompt
 from .base import PROBES, ProbeResult, eval_mode, pad_id, resolve_limit
-from .scoring import eos_ids, greedy_generate, hf_generate, max_positions
+from .scoring import eos_ids, hf_generate, max_positions
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _OUTSIDE = re.compile(r"[^a-z0-9 .\-]")  # the study keeps letters a-z, digits, space, "." and "-"
@@ -153,7 +157,7 @@ class TriviaQAStudy:
 class TriviaQAHarness:
     task: ClassVar[str] = "triviaqa"
     variant: ClassVar[str] = "harness"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: HF generate under the model's generation_config, as HFLM (1: pure argmax)
     metric: ClassVar[str] = "exact_match"
     higher_is_better: ClassVar[bool] = True
     hub_id: ClassVar[str] = "mandarjoshi/trivia_qa"
@@ -164,6 +168,18 @@ class TriviaQAHarness:
 
     def load(self, source: str = "hub", limit: int | None = None) -> list[dict[str, Any]]:
         return _rows(load_triviaqa(source, self.split, limit=resolve_limit(limit, self.default_limit)))
+
+    @staticmethod
+    def generation_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
+        """What HFLM's `model.generate(do_sample=False, max_length=…, pad_token_id=tokenizer's)` runs:
+        a copy of model.generation_config (repetition_penalty, eos_token_id and all) with those set."""
+        own = getattr(model, "generation_config", None)
+        gc = copy.deepcopy(own) if own is not None else GenerationConfig()
+        gc.do_sample = False
+        gc.max_new_tokens = max_new_tokens
+        gc.pad_token_id = pad_id(tokenizer)
+        gc.repetition_penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
+        return gc
 
     def run(self, model, tokenizer, data: Sequence[dict], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
@@ -179,12 +195,15 @@ class TriviaQAHarness:
 
         prompts = _encode(tokenizer, [triviaqa_harness_prompt(r["question"]) for r in data], L - G)
         with eval_mode(model):
-            gen = greedy_generate(model, prompts, max_new_tokens=G, pad_id=pad_id(tokenizer), stop=stop,
-                                  batch_size=batch_size, progress=progress, desc="TriviaQA (harness)")
+            gc = self.generation_config(model, tokenizer, G)
+            gen = hf_generate(model, prompts, generation_config=gc, batch_size=batch_size, stop=stop,
+                              progress=progress, desc="TriviaQA (harness)")
         items = []
         for r, g in zip(data, gen):
             out = harness_postprocess(tokenizer.decode(g, skip_special_tokens=True), until)
             items.append({"question_id": r["question_id"], "output": out, "correct": harness_exact_match(out, r["aliases"])})
         acc = float(np.mean([it["correct"] for it in items])) if items else float("nan")
         return ProbeResult(self.task, self.variant, self.metric, acc, self.higher_is_better, len(data),
-                           f"{self.version}+L{L}G{G}", items=items, seconds=time.perf_counter() - t0)
+                           f"{self.version}+L{L}G{G}R{gc.repetition_penalty:g}",
+                           extras={"repetition_penalty": gc.repetition_penalty, "eos_token_id": gc.eos_token_id},
+                           items=items, seconds=time.perf_counter() - t0)
