@@ -43,7 +43,7 @@ DEFAULT_BUDGET = 1.0                      # damage budget (pp, % of base) behind
 # cost of a trial (tune.sweep_trial), logged with its final metrics
 COST_S = "cost/device_s"                  # wall seconds of its Ray Train run × workers × (GPUs or CPUs) per worker
 COST_TOKENS = "cost/tokens"               # tokens trained on (the loop's train/tokens)
-COST_MEMORY = "cost/peak_memory_bytes"    # peak device memory of rank 0 (CUDA only; from the worker's train/peak_memory_bytes)
+COST_MEMORY = "cost/peak_memory_bytes"    # peak device memory of rank 0 while training, curve points and probes left out (CUDA only; the loop's train/peak_memory_bytes)
 COSTS = (COST_S, COST_TOKENS, COST_MEMORY)
 VIOLATION = "constraint_violation"        # a trial's summed constraint violation (0 = feasible); logged with constraints
 

@@ -367,7 +367,9 @@ class Rehearsal:
                     **{k: final.get(k) for k in COUNTERS},
                     time={k[5:]: final.get(k) for k in ("time.setup_s", "time.train_s", "time.probe_s")})
         if "peak_gib" in final:
-            figs["peak_gib"] = final["peak_gib"]
+            figs["peak_gib"] = final["peak_gib"]             # the whole trial: probes and curve points too
+        if "train/peak_memory_bytes" in final:              # the loop's: training only (cost/peak_memory_bytes)
+            figs["train_peak_gib"] = final["train/peak_memory_bytes"] / 2 ** 30
         return figs
 
     def trial(self, name: str) -> dict:
@@ -395,6 +397,13 @@ class Rehearsal:
             problems.append(f"trained in {final.get('train/precision')}, not {self.precision}")
         if self.size["checkpoint_every"] < self.size["max_steps"] and not ckpts:
             problems.append("no checkpoint reported")
+        if self.cuda and not 0 < figs.get("train_peak_gib", 0) <= figs.get("peak_gib", 0):
+            problems.append(f"train/peak_memory_bytes {final.get('train/peak_memory_bytes')} not within the "
+                            f"trial's peak {figs.get('peak_gib')} GiB")
+        if method == "full":
+            figs["grad_reduce_dtypes"] = final.get("info.grad_reduce_dtypes")
+            if figs["grad_reduce_dtypes"] != "float32":     # plain autocast's fp32 gradients (methods/full.py)
+                problems.append(f"ZeRO reduces gradients in {figs['grad_reduce_dtypes']!r}, not float32")
         if method == "smf":
             figs["retrofit_key"] = final.get("info.retrofit_key")
             figs["retrofit_probes"] = {k[9:]: v for k, v in final.items() if k.startswith("retrofit/")

@@ -174,7 +174,10 @@ class TorchStepper:
                     "params": [p.detach().cpu() for p in self.params]}, path / "stepper.pt")
 
     def load(self, path: Path) -> None:
-        st = torch.load(path / "stepper.pt", weights_only=True)   # shared storage: tensors only, no pickled code
+        # shared storage: tensors only, no pickled code; onto the CPU first (every rank writes the same
+        # file into the merged checkpoint, from its own GPU), then to each parameter's device by copy_
+        # and by the optimizer's load_state_dict
+        st = torch.load(path / "stepper.pt", weights_only=True, map_location="cpu")
         with torch.no_grad():
             for p, v in zip(self.params, st["params"]):
                 p.copy_(v)

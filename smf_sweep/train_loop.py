@@ -43,6 +43,34 @@ def _all_ranks_finite(step_loss: torch.Tensor, world_size: int) -> bool:
     return bad.item() == 0
 
 
+class PeakMemory:
+    """A stage's peak device memory, its evaluations (curve points) left out: CUDA keeps one peak
+    counter, read before each evaluation and reset after it (to what is allocated then: weights,
+    optimizer state). Off (`on` False) on other devices. `read`/`reset` stand in for torch.cuda's."""
+
+    def __init__(self, device: torch.device, read: Callable[[], int] | None = None,
+                 reset: Callable[[], None] | None = None):
+        self.on = device.type == "cuda" or read is not None
+        self.read = read or (lambda: torch.cuda.max_memory_allocated(device))
+        self.reset = reset or (lambda: torch.cuda.reset_peak_memory_stats(device))
+        self.peak = 0
+        if self.on:
+            self.reset()
+
+    def evaluating(self, evaluate: Callable[[], dict]) -> dict:
+        """Run `evaluate` outside the count."""
+        if self.on:
+            self.peak = max(self.peak, self.read())
+        try:
+            return evaluate()
+        finally:
+            if self.on:
+                self.reset()
+
+    def bytes(self) -> int | None:
+        return max(self.peak, self.read()) if self.on else None
+
+
 def _host(v) -> float | int | str:
     """A logged value as a Python number (tensors are synced here, at log time only)."""
     return v.item() if isinstance(v, torch.Tensor) else v
@@ -51,7 +79,7 @@ def _host(v) -> float | int | str:
 def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter, *, stage: str = "train",
               total_steps: int | None = None, device: torch.device = torch.device("cpu"), rank: int = 0,
               world_size: int = 1, resume_dir: Path | None = None, progress: bool = False,
-              evaluate: Evaluator | None = None) -> dict:
+              evaluate: Evaluator | None = None, memory: PeakMemory | None = None) -> dict:
     """Train `setup` for the stage's steps; report metrics every `log_every` steps and checkpoints
     every `checkpoint_every` steps (0 = never). Returns the last metrics.
 
@@ -70,7 +98,10 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
 
     `evaluate(step, total)` (curves.Curve, every rank) is asked before the first step (step 0) and
     after every step; what it returns (nothing between evaluation points) is reported at that step.
-    It must leave the weights, the optimizer and every RNG the loop draws from as they were."""
+    It must leave the weights, the optimizer and every RNG the loop draws from as they were.
+
+    On CUDA the last metrics also hold `<stage>/peak_memory_bytes`, the stage's peak allocated memory
+    on this rank without its evaluations (`memory`, default PeakMemory(device))."""
     accum = cfg.accumulation(world_size)
     total = total_steps or cfg.total_steps(batcher.steps_per_epoch)
     start, tokens = 0, 0.0               # tokens: the running total up to the last log (host side)
@@ -88,8 +119,9 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=total, initial=start, desc=stage, mininterval=2)
+    memory = memory or PeakMemory(device)
     if evaluate is not None and start == 0:
-        _report_eval(evaluate(0, total), report)
+        _report_eval(memory.evaluating(lambda: evaluate(0, total)), report)
     for step in range(start, total):
         step_loss = zero()
         for m in range(accum):
@@ -118,7 +150,7 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
         point = {}
         if evaluate is not None:
             t_eval = time.perf_counter()
-            point = evaluate(done, total)
+            point = memory.evaluating(lambda: evaluate(done, total))
             window["t"] += time.perf_counter() - t_eval      # tokens_per_s counts training time only
         if log or save or point:
             metrics = {f"{stage}/step": done}
@@ -143,6 +175,8 @@ def run_stage(setup: Setup, batcher: Batcher, cfg: TrainConfig, report: Reporter
                     shutil.rmtree(ckpt, ignore_errors=True)
     if bar is not None:
         bar.close()
+    if memory.on:
+        last[f"{stage}/peak_memory_bytes"] = memory.bytes()
     model.eval()
     return last
 

@@ -141,9 +141,8 @@ def train_worker(config: WorkerConfig | Mapping[str, Any], reporter: Reporter | 
     if rank == 0 and probes:
         final.update(probe_results(exported, tok, probes, pbs, tcfg.precision, prefix="after/"))
     final["time.probe_s"] = time.perf_counter() - t_probe
-    setup.hooks.close()
-    if device.type == "cuda":                              # the trial's cost (objectives.py: cost/peak_memory_bytes)
-        final["train/peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    setup.hooks.close()                   # train/peak_memory_bytes (CUDA): the loop's, training without its
+    #                                       curve points, before the after-probes (objectives.py: cost/peak_memory_bytes)
     _report_final(reporter, final, rank)
     return final
 

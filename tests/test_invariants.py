@@ -166,3 +166,35 @@ def test_deepspeed_trains_fp32_weights_under_autocast_in_the_bf16_regime(tiny_wo
     setup = REG["full"].setup(model, REG["full"].Config(), SetupContext(tok, cfg, 3, torch.device("cpu")))
     assert {p.dtype for p in setup.export().parameters()} == {torch.float32}
     assert setup.model.torch_autocast_enabled() and setup.model.torch_autocast_dtype() == torch.bfloat16
+
+
+def test_deepspeed_reduces_full_fts_gradients_in_fp32_as_plain_autocast(tiny_world):
+    """Under DeepSpeed's `torch_autocast`, ZeRO reduces the gradient of every parameter it tags
+    (by default each nn.Linear's) in bf16. Plain autocast — SMF's and LoRA's loop, HF Trainer's
+    bf16=True — leaves gradients in fp32. With no module tagged, one micro-batch's ZeRO-2 gradient
+    equals plain autocast's bit for bit (tagged, they differed by up to 1.8e-3 on the world's model)."""
+    from smf_sweep.methods import METHODS as REG
+    from smf_sweep.methods import SetupContext
+    from smf_sweep.models import load_model, load_tokenizer
+    from smf_sweep.train_loop import TrainConfig
+
+    tok = load_tokenizer(tiny_world / "model")
+    cfg = TrainConfig(lr=1e-3, micro_batch_size=2, effective_batch=2, precision="bf16")
+    model = load_model(tiny_world / "model", dtype="float32", device="cpu")
+    engine = REG["full"].setup(model, REG["full"].Config(), SetupContext(tok, cfg, 3, torch.device("cpu"))).model
+    assert not any(hasattr(p, "comm_dtype") for p in engine.module.parameters())
+    assert set(engine.optimizer.ipg_buckets) == {torch.float32}
+    from smf_sweep.methods.full import grad_reduce_dtypes
+
+    assert grad_reduce_dtypes(engine) == "float32"                # the GPU rehearsal's `full` check reads it
+    ids = torch.tensor([tok("Question: what is the capital? Answer: the sea")["input_ids"]] * 2)   # (2, T)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = engine(input_ids=ids, labels=ids).loss
+    engine.backward(loss)                                        # one micro-batch: a boundary, reduced
+    ours = torch.cat([g.flatten() for grads in engine.optimizer.averaged_gradients.values() for g in grads])
+    ref = load_model(tiny_world / "model", dtype="float32", device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss = ref(input_ids=ids, labels=ids).loss
+    ref_loss.backward()
+    plain = torch.cat([p.grad.flatten() for p in ref.parameters() if p.grad is not None])
+    assert ref_loss.item() == loss.item() and torch.equal(ours, plain)

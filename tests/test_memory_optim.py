@@ -154,6 +154,37 @@ def test_row_adamw_with_all_rows_matches_torch_adamw(wd):
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_row_adamw_state_follows_its_rows_device_when_loaded(tmp_path):
+    """A checkpoint's per-row step counts (N,) come back on their parameter's device, as exp_avg and
+    exp_avg_sq do (torch's load_state_dict leaves anything keyed "step" where it was: on a GPU, the
+    device of the rank that saved it). The meta device stands in for "another device than the saved
+    one": the parameter is there, the checkpoint on the CPU."""
+    from smf_sweep.stage import TorchStepper
+
+    p = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = OPTIMIZERS["adamw"]([p], lr=0.1)
+    p.grad = torch.ones(4, 3)
+    opt.set_rows({p: torch.tensor([True, False, True, False])})
+    opt.step()
+    saved = opt.state_dict()
+    assert saved["state"][0]["step"].tolist() == [1, 0, 1, 0]
+    q = torch.nn.Parameter(torch.zeros(4, 3, device="meta"))
+    other = OPTIMIZERS["adamw"]([q], lr=0.1)
+    other.load_state_dict(saved)
+    assert {k: v.device.type for k, v in other.state[q].items()} == {"step": "meta", "exp_avg": "meta",
+                                                                    "exp_avg_sq": "meta"}
+    again = OPTIMIZERS["adamw"]([torch.nn.Parameter(torch.zeros(4, 3))], lr=0.1)
+    again.load_state_dict(saved)                                 # same device: the counts as saved
+    assert next(iter(again.state.values()))["step"].tolist() == [1, 0, 1, 0]
+
+    saver = TorchStepper([p], opt, lambda step: 1.0, grad_clip=None)      # the SMF trial's checkpoint
+    saver.save(tmp_path)
+    q = torch.nn.Parameter(torch.zeros(4, 3, device="meta"))
+    loader = TorchStepper([q], OPTIMIZERS["adamw"]([q], lr=0.1), lambda step: 1.0, grad_clip=None)
+    loader.load(tmp_path)                                        # the resumed worker's, on its own device
+    assert {v.device.type for v in loader.opt.state[q].values()} == {"meta"}
+
+
 def test_row_adamw_bias_correction_is_per_row():
     p = torch.nn.Parameter(torch.zeros(2, 3))
     opt = OPTIMIZERS["adamw"]([p], lr=0.1)

@@ -101,6 +101,50 @@ def test_smf_moves_only_selected_rows_each_step(tiny_world, tmp_path):
         prev = vals
 
 
+def test_peak_memory_is_the_stages_training_without_its_evaluations(tiny_world):
+    """On CUDA the loop reports `<stage>/peak_memory_bytes`: the peak counter is read before each
+    curve point and reset after it, so an evaluation's spike (a 64-row probe batch's logits) is not
+    the method's training cost. Here a scripted counter stands in for torch.cuda's: training peaks at
+    10 units, each evaluation at 100. On a CPU there is no figure."""
+    from smf_sweep.batching import Batcher, medmcqa_examples
+    from smf_sweep.data import load_medmcqa
+    from smf_sweep.methods import METHODS, SetupContext
+    from smf_sweep.models import load_model, load_tokenizer
+    from smf_sweep.train_loop import PeakMemory, TrainConfig, run_stage
+
+    tok = load_tokenizer(tiny_world / "model")
+    cfg = TrainConfig(lr=1e-3, max_steps=3, warmup_steps=1, micro_batch_size=4, effective_batch=4, max_len=96)
+    batcher = Batcher(medmcqa_examples(load_medmcqa(f"world:{tiny_world}", "train")), tok, micro_batch_size=4,
+                      max_len=96)
+    counter = {"now": 0, "peak": 0}
+
+    def alloc(n):                                   # what the device holds now, and its peak since a reset
+        counter["now"] = n
+        counter["peak"] = max(counter["peak"], n)
+
+    def reset():
+        counter["peak"] = counter["now"]
+
+    def evaluate(step, total):
+        alloc(100)                                  # the curve point's probe batch
+        alloc(10 if step else 5)                    # freed; training state from step 1 on
+        return {"curve/step": step}
+
+    def setup():
+        model = load_model(tiny_world / "model", dtype="float32", device="cpu")
+        return METHODS["lora"].setup(model, METHODS["lora"].Config(), SetupContext(tok, cfg, 3, torch.device("cpu")))
+
+    alloc(5)
+    memory = PeakMemory(torch.device("cpu"), read=lambda: counter["peak"], reset=reset)
+    last = run_stage(setup(), batcher, cfg, lambda m, c: None, evaluate=evaluate, memory=memory)
+    assert last["train/peak_memory_bytes"] == 10
+    counter.update(now=5, peak=5)
+    unmeasured = run_stage(setup(), batcher, cfg, lambda m, c: None, evaluate=evaluate,
+                           memory=PeakMemory(torch.device("cpu"), read=lambda: counter["peak"], reset=lambda: None))
+    assert unmeasured["train/peak_memory_bytes"] == 100      # what reading once at the end counted
+    assert "train/peak_memory_bytes" not in run_stage(setup(), batcher, cfg, lambda m, c: None)   # CPU: none
+
+
 def test_nan_loss_fails_the_trial_with_a_reason(tiny_world, tmp_path):
     # LoRA at lr 1e30: adapters overflow fp32 within two steps. (SMF's values can blow up without
     # a NaN: the RMSNorm after the residual absorbs them and the loss just goes to ln|V|.)

@@ -121,6 +121,15 @@ class RowAdamW(RowMasked, torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self._init_rows(dense)
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch moves loaded state to each parameter's device except tensors keyed "step" (its own
+        scalar steps stay on the CPU); this one's per-row steps (N,) live with the rows, so they
+        follow too (a checkpoint saved by the rank on another GPU, or loaded onto the CPU)."""
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(p.device)
+
     def _update_rows(self, p: torch.Tensor, r: Rows, group: dict) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         st = self.state[p]

@@ -112,7 +112,10 @@ class Full:
             "optimizer": {"type": "AdamW", "params": {"lr": t.lr, "betas": list(cfg.betas), "eps": 1e-8,
                                                       "weight_decay": t.weight_decay, "torch_adam": True}},
             "bf16": {"enabled": False},       # fp32 weights; the bf16 regime is autocast (below)
-            "torch_autocast": {"enabled": resolve(t.precision, ctx.device) == "bf16", "dtype": "bfloat16"},
+            "torch_autocast": {"enabled": resolve(t.precision, ctx.device) == "bf16", "dtype": "bfloat16",
+                               # none: else DeepSpeed tags every nn.Linear weight (Qwen's tied lm_head too) to
+                               # reduce its gradient in bf16, which plain autocast (SMF, LoRA, HF Trainer) does not
+                               "lower_precision_safe_modules": []},
             "steps_per_print": 10 ** 9,
             "wall_clock_breakdown": False,
         }
@@ -132,4 +135,10 @@ class Full:
 
         return Setup(model=engine, stepper=DeepSpeedStepper(engine), export=export, view=export,
                      trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                     info={"zero_stage": cfg.zero_stage})
+                     info={"zero_stage": cfg.zero_stage, "grad_reduce_dtypes": grad_reduce_dtypes(engine)})
+
+
+def grad_reduce_dtypes(engine) -> str:
+    """The dtypes ZeRO reduces gradients in (its buckets), e.g. "float32"; "" when it has none (stage 0)."""
+    buckets = getattr(getattr(engine, "optimizer", None), "ipg_buckets", None) or {}
+    return ",".join(sorted(str(d).removeprefix("torch.") for d in buckets))
