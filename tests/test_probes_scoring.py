@@ -92,6 +92,40 @@ def test_wikitext_windows_batched_equal_unbatched_and_hf(tok, model):
         assert a["loglikelihood"] == pytest.approx(b["loglikelihood"], abs=1e-4)
 
 
+def test_scoring_holds_at_most_the_logits_budget_and_scores_the_same(tok, model):
+    """A batch whose logits would pass the budget (rows × longest continuation × vocabulary) runs as
+    forwards of fewer rows, each within it (Qwen's vocabulary made a 64-row WikiText batch of 1,023
+    scored tokens 18.5 GiB of bf16 logits: more than a 24 GB card holds), with the same scores."""
+    from smf_sweep.probes.scoring import logit_rows
+
+    ids = tok("\n\n".join(PROBES["wikitext:study"]().load(WORLD)), add_special_tokens=False)["input_ids"]
+    pairs = [(ids[i:i + 8], ids[i + 8:i + 8 + k]) for i, k in zip(range(0, 120, 10), [9, 12, 3, 12, 7, 5] * 2)]
+    assert len(ids) >= 130 and all(len(c) == k for (_, c), k in zip(pairs, [9, 12, 3, 12, 7, 5] * 2))
+    V = model.config.vocab_size
+    seen = []
+    real = model.forward
+
+    def counting(*a, **kw):
+        out = real(*a, **kw)
+        seen.append(out.logits.numel())
+        return out
+
+    whole = continuation_logprobs(model, pairs, pad_id=tok.pad_token_id, batch_size=12)
+    assert seen == [] and logit_rows(model, 12, budget=3 * 12 * V) == 3
+    model.forward = counting
+    try:
+        budget = 3 * 12 * V                                        # three rows of the longest continuation
+        parts = continuation_logprobs(model, pairs, pad_id=tok.pad_token_id, batch_size=12, budget=budget)
+        assert len(seen) == 4 and max(seen) <= budget, seen       # 12 rows, 3 at a time
+        seen.clear()
+        continuation_logprobs(model, pairs, pad_id=tok.pad_token_id, batch_size=12, budget=1)
+        assert len(seen) == 12                                     # never fewer than one row a forward
+    finally:
+        del model.forward
+    for a, b in zip(whole, parts):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_a_wrapped_model_is_probed_in_its_own_context(tok, model):
     """A wrapper without a config of its own (DeepSpeedEngine, DDP: `.module`) gets the windows of the
     model inside it, not the protocol's 1024 past the model's positions."""

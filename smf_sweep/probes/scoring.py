@@ -41,6 +41,22 @@ def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+LOGITS_BUDGET = 2 ** 30   # logits one scoring forward may hold (elements: 2 GiB in bf16). At Qwen's 151,936-token
+#                           vocabulary a 64-row batch of 1,023-token windows would hold 9.9e9 (18.5 GiB in bf16)
+
+
+def vocab_size(model) -> int | None:
+    """The model's output vocabulary from its config (through a wrapper's `module`), if it states one."""
+    model = getattr(model, "module", model)
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def logit_rows(model, keep: int, budget: int = LOGITS_BUDGET) -> int | None:
+    """How many rows of `keep` positions fit the logits budget in one forward (>= 1); None: no limit known."""
+    V = vocab_size(model)
+    return None if not V else max(1, budget // (keep * V))
+
+
 def encode_pair(tokenizer, context: str, continuation: str, *, add_special_tokens: bool) -> tuple[list[int], list[int]]:
     """Token ids of (context, continuation), split where the context's own encoding ends.
 
@@ -76,11 +92,13 @@ def _forward(model, ids, mask, pos, *, keep: int, use_cache: bool = False, cache
 @torch.inference_mode()
 def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], *, pad_id: int,
                           batch_size: int = 8, max_length: int | None = None, progress: bool = False,
-                          desc: str = "scoring") -> list[np.ndarray]:
+                          desc: str = "scoring", budget: int = LOGITS_BUDGET) -> list[np.ndarray]:
     """Log-probability of every continuation token given its context, one float64 array per pair.
 
     Each pair is (context ids, continuation ids), context non-empty. Input = (ctx + cont)[:-1],
-    left-truncated to `max_length` tokens (lm-evaluation-harness's rule) when given."""
+    left-truncated to `max_length` tokens (lm-evaluation-harness's rule) when given. A batch whose
+    logits (rows × longest continuation × vocabulary) would pass `budget` elements runs as several
+    forwards of fewer rows (the same scores up to float reduction order)."""
     device = model_device(model)
     out: list[np.ndarray | None] = [None] * len(pairs)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))  # less padding
@@ -99,13 +117,17 @@ def continuation_logprobs(model, pairs: Sequence[tuple[Sequence[int], Sequence[i
                     seq = seq[-(max_length + 1):]
                 rows.append(seq[:-1])
                 conts.append(cont)
-            ids, mask, pos = _left_pad(rows, pad_id, device)
-            K = max(len(c) for c in conts)
-            logits, _ = _forward(model, ids, mask, pos, keep=K)  # (B, K, V)
-            for b, (i, cont) in enumerate(zip(idx, conts)):
-                lp = torch.log_softmax(logits[b, K - len(cont):].float(), dim=-1)  # (c, V), one row at a time
-                tgt = torch.tensor(cont, device=lp.device)[:, None]  # (c, 1)
-                out[i] = lp.gather(-1, tgt)[:, 0].double().cpu().numpy()
+            step = logit_rows(model, max(len(c) for c in conts), budget) or len(rows)
+            for c0 in range(0, len(rows), step):
+                part = slice(c0, c0 + step)
+                ids, mask, pos = _left_pad(rows[part], pad_id, device)
+                K = max(len(c) for c in conts[part])
+                logits, _ = _forward(model, ids, mask, pos, keep=K)  # (b, K, V), b <= step
+                for b, (i, cont) in enumerate(zip(idx[part], conts[part])):
+                    lp = torch.log_softmax(logits[b, K - len(cont):].float(), dim=-1)  # (c, V), one row at a time
+                    tgt = torch.tensor(cont, device=lp.device)[:, None]  # (c, 1)
+                    out[i] = lp.gather(-1, tgt)[:, 0].double().cpu().numpy()
+                del logits
             bar.update(len(idx))
     return out  # type: ignore[return-value]
 
