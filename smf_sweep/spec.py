@@ -395,6 +395,10 @@ def parse_spec(raw: dict, source: str = "<spec>") -> Spec:
         spec.source_file = source
         # absolute now, where the spec is read: trials run in their own working directories (and
         # `ray job submit` jobs in a temp copy of the working dir)
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(spec.storage)):
+            raise _err("storage", f"{spec.storage!r} is a URI; the sweep directory holds SQLite files (Optuna's "
+                       "study, MLflow's default store) and the rungs, so it must be a filesystem path that every "
+                       "node sees (NFS, or the bucket mounted, e.g. with s3fs or gcsfuse)")
         spec.storage = str(Path(spec.storage).expanduser().resolve())
         validate(spec)
         spec.train["precision"] = sweep_precision(spec)
@@ -479,6 +483,9 @@ def validate(spec: Spec) -> None:
             raise _err(f"{where}.resources", "workers must be >= 1 and cpus/gpus per worker >= 0")
         if r.gpus_per_worker > 1 and not float(r.gpus_per_worker).is_integer():
             raise _err(f"{where}.resources.gpus_per_worker", "above 1 it must be a whole number")
+        if r.workers > 1 and 0 < r.gpus_per_worker < 1:
+            raise _err(f"{where}.resources", f"{r.workers} workers with {r.gpus_per_worker:g} GPU each: Ray may put two "
+                       "ranks on one GPU, which NCCL refuses (duplicate GPU); give multi-worker arms whole GPUs")
     for task, p in spec.probes.items():
         if task not in TASKS:
             raise _err(f"probes.{task}", f"unknown probe {task!r}; known: {', '.join(TASKS)}")

@@ -374,3 +374,37 @@ def test_cli_up_status_env_down_round_trip(tmp_path):
     assert not Path(root).exists()
     if info:
         assert not cluster_processes(info["cluster_id"])
+
+
+def _gpu_nodes() -> list[tuple[str, float, float]]:
+    """(where, CPUs, GPUs) of every GPU node type of the ray up configs and GPU worker group of KubeRay."""
+    out = []
+    for name in RAY_UP:
+        for t, nt in _load(name)["available_node_types"].items():
+            if _gpus(nt):
+                out.append((f"{name}:{t}", float(nt["resources"]["CPU"]), float(_gpus(nt))))
+    for doc in yaml.safe_load_all((CLUSTER / "kuberay-rayjob.yaml").read_text()):
+        spec = (doc or {}).get("spec", {}).get("rayClusterSpec", {})
+        for g in spec.get("workerGroupSpecs", []):
+            limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+            if limits.get("nvidia.com/gpu"):
+                out.append((f"kuberay:{g['groupName']}", float(limits["cpu"]), float(limits["nvidia.com/gpu"])))
+    return out
+
+
+def test_the_studys_trials_fill_each_gpu_node_by_its_gpus_not_its_cpus():
+    """pareto.yaml's one-worker arms share a GPU (0.5 each): on every GPU node type of the cluster
+    configs, the CPUs must hold as many trials as the GPUs do, or half of each GPU sits idle (the
+    KubeRay GPU pod has 7 CPUs: two trials at 4 CPUs did not fit)."""
+    from smf_sweep.spec import load_spec
+
+    spec = load_spec(REPO / "search_spaces" / "pareto.yaml")
+    nodes = _gpu_nodes()
+    assert len(nodes) >= 5, nodes
+    for arm, ms in spec.methods.items():
+        r = ms.resources
+        if r.workers != 1 or not r.gpus_per_worker:
+            continue
+        for where, cpus, gpus in nodes:
+            by_gpu, by_cpu = int(gpus / r.gpus_per_worker), int(cpus // r.cpus_per_worker)
+            assert by_cpu >= by_gpu, f"{arm} on {where}: {by_cpu} trials by CPUs, {by_gpu} by GPUs"

@@ -108,6 +108,9 @@ BROKEN = [  # (yaml to merge into BASE, words the message must contain)
     ({"search": {"trials": "many"}}, ["search.trials", "expected an integer"]),
     ({"train": {"loss_on": "prompt"}}, ["train", "loss_on"]),
     ({"methods": {"lora": {"points": [{"rank": 8}]}}}, ["points[0].rank", "searched parameters only"]),
+    ({"storage": "s3://bucket/sweeps"}, ["storage", "'s3://bucket/sweeps' is a URI", "every node sees"]),
+    ({"methods": {"full": {"resources": {"workers": 2, "gpus_per_worker": 0.5}}}},
+     ["methods.full.resources", "2 workers with 0.5 GPU each", "NCCL"]),
 ]
 
 
