@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 # A CPU build of torch (its wheel lies on the build machines' disk). A bare `torch` requirement would
 # pull a multi-GB CUDA build; machines with a GPU keep the torch they have.
 TORCH_CPU ?= torch==2.13.0
-STAMP := .cache/install-$(shell (cat pyproject.toml; $(PYTHON) --version) | sha256sum | cut -c1-12)
+STAMP := .cache/install-$(shell (cat pyproject.toml cluster/constraints.txt; $(PYTHON) --version) | sha256sum | cut -c1-12)
 
 .PHONY: install run test test-fast bench clean gpu-wheels
 
@@ -16,9 +16,9 @@ STAMP := .cache/install-$(shell (cat pyproject.toml; $(PYTHON) --version) | sha2
 install: $(STAMP)
 	@cd / && $(PYTHON) -c "import smf_sweep, sys; sys.exit(not smf_sweep.__file__.startswith('$(CURDIR)/'))" 2>/dev/null \
 		|| $(PIP) install -q --no-deps -e '$(CURDIR)'
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml cluster/constraints.txt
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH_CPU)
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -c cluster/constraints.txt -e '.[dev]'
 	mkdir -p .cache && rm -f .cache/install-* && touch $(STAMP)
 
 run: install

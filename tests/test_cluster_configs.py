@@ -112,7 +112,8 @@ def test_ray_up_image_install_storage_mlflow_and_auth(name):
     assert "-v /shared:/shared" in cfg["docker"]["run_options"]
     assert any("mount" in c and "/shared" in c for c in cfg["initialization_commands"])
     assert cfg["file_mounts"]["~/smf_sweep"] == "."
-    assert any("pip install" in c and "-e ~/smf_sweep" in c for c in cfg["setup_commands"])
+    assert any("pip install" in c and "-c ~/smf_sweep/cluster/constraints.txt -e ~/smf_sweep" in c
+               for c in cfg["setup_commands"]), "every node installs the tested versions"
     commands = [c for k, v in cfg.items() if k.endswith("_commands") for c in v]
     commands += [c for t in cfg["available_node_types"].values() for c in t.get("initialization_commands", [])]
     assert not any(re.search(r"pip install.*\btorch\b", c) for c in commands), "never reinstall torch"
@@ -232,7 +233,7 @@ def test_dockerfile_builds_on_the_ray_gpu_image_and_installs_the_package():
     instructions = [l for l in lines if l and not l.startswith("#")]
     assert instructions[0] == f"FROM {IMAGE}"
     text = "\n".join(instructions)
-    assert re.search(r"pip install[^\n]*-e \.", text)
+    assert re.search(r"pip install[^\n]*-c cluster/constraints.txt -e \.", text)
     assert not re.search(r"pip install[^\n]*\btorch\b", text), "CUDA torch comes with the image / PyPI"
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert ".git" in ignore and "runs/" in ignore and "worlds/" in ignore
@@ -408,3 +409,31 @@ def test_the_studys_trials_fill_each_gpu_node_by_its_gpus_not_its_cpus():
         for where, cpus, gpus in nodes:
             by_gpu, by_cpu = int(gpus / r.gpus_per_worker), int(cpus // r.cpus_per_worker)
             assert by_cpu >= by_gpu, f"{arm} on {where}: {by_cpu} trials by CPUs, {by_gpu} by GPUs"
+
+
+def test_constraints_pin_the_tested_versions_of_every_dependency():
+    """cluster/constraints.txt pins one version of every runtime dependency in pyproject.toml (torch
+    excepted: the image's CUDA build, or the Makefile's CPU wheel), each inside pyproject's range, Ray
+    at the image's version; the Makefile, the ray up configs and the Dockerfile install through it,
+    so nodes booted on different days run what CI tested."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = [Requirement(d) for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]]
+    pins = {}
+    for line in (CLUSTER / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            r = Requirement(line)
+            (spec,) = r.specifier
+            assert spec.operator == "==", line
+            pins[r.name.lower().replace("_", "-")] = spec.version
+    for d in deps:
+        name = d.name.lower().replace("_", "-")
+        if name == "torch":
+            assert name not in pins
+            continue
+        assert name in pins, f"{d.name} is not pinned"
+        assert d.specifier.contains(pins[name]), f"{d.name}=={pins[name]} is outside pyproject's {d.specifier}"
+    assert IMAGE.split(":")[1].startswith(pins["ray"] + "-")
+    assert "-c cluster/constraints.txt -e '.[dev]'" in (REPO / "Makefile").read_text()
