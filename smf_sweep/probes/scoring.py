@@ -397,20 +397,19 @@ def hf_generate(model, prompts: Sequence[Sequence[int]], *, generation_config: G
 def _hf_generate_batch(model, rows: list[list[int]], gc: GenerationConfig, device,
                        stop: Callable[[list[int]], bool] | None = None) -> tuple[list[list[int]], list[int | None]]:
     """The rows' new tokens, and per row where `stop` ended it (None: it did not)."""
+    processors = LogitsProcessorList()
     if len(rows) == 1:
         ids = torch.tensor(rows, dtype=torch.long, device=device)  # (1, T)
-        when = None if stop is None else StopWhen(stop, ids.shape[1], 1)
-        seqs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=gc,
-                              stopping_criteria=StoppingCriteriaList([when] if when else []))
-        return [seqs[0, ids.shape[1]:].tolist()], (when.ends if when else [None])
-    ids, mask, _ = _left_pad(rows, gc.pad_token_id, device)  # (B, T) each
+        mask = torch.ones_like(ids)
+    else:
+        ids, mask, _ = _left_pad(rows, gc.pad_token_id, device)  # (B, T) each
+        penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
+        if penalty != 1.0:
+            gc = copy.deepcopy(gc)
+            gc.repetition_penalty = 1.0  # not None: None would be refilled from model.generation_config
+            n_pad = torch.tensor([ids.shape[1] - len(r) for r in rows], device=device)  # (B,)
+            processors.append(PadAwareRepetitionPenalty(penalty, n_pad))
     T = ids.shape[1]
-    penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
-    processors = LogitsProcessorList()
-    if penalty != 1.0:
-        gc = copy.deepcopy(gc)
-        gc.repetition_penalty = 1.0  # not None: None would be refilled from model.generation_config
-        processors.append(PadAwareRepetitionPenalty(penalty, torch.tensor([T - len(r) for r in rows], device=device)))
     when = None if stop is None else StopWhen(stop, T, len(rows))
     seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=gc, logits_processor=processors,
                           stopping_criteria=StoppingCriteriaList([when] if when else []))

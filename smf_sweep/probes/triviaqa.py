@@ -73,6 +73,18 @@ def harness_postprocess(text: str, until: Sequence[str]) -> str:
     return text.strip()
 
 
+def greedy_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
+    """`model.generate(do_sample=False, max_new_tokens=…, pad_token_id=tokenizer's)` as an explicit
+    config: a copy of model.generation_config (repetition_penalty, eos_token_id and all) with those set."""
+    own = getattr(model, "generation_config", None)
+    gc = copy.deepcopy(own) if own is not None else GenerationConfig()
+    gc.do_sample = False
+    gc.max_new_tokens = max_new_tokens
+    gc.pad_token_id = pad_id(tokenizer)
+    gc.repetition_penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
+    return gc
+
+
 def _rows(ds) -> list[dict[str, Any]]:
     return [{"question_id": q, "question": t, "aliases": list(a["aliases"])}
             for q, t, a in zip(ds["question_id"], ds["question"], ds["answer"])]
@@ -118,14 +130,9 @@ class TriviaQAStudy:
     def generation_config(self, model, tokenizer) -> GenerationConfig:
         """The study's `model.generate(do_sample=False, max_new_tokens=32, eos_token_id=tokenizer.eos_token_id)`
         as an explicit config: a copy of model.generation_config (repetition_penalty and all) with those set."""
-        own = getattr(model, "generation_config", None)
-        gc = copy.deepcopy(own) if own is not None else GenerationConfig()
+        gc = greedy_config(model, tokenizer, self.max_new_tokens)
         stop = self.stop_ids(model, tokenizer)
-        gc.do_sample = False
-        gc.max_new_tokens = self.max_new_tokens
         gc.eos_token_id = stop[0] if len(stop) == 1 else stop
-        gc.pad_token_id = pad_id(tokenizer)
-        gc.repetition_penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
         return gc
 
     def run(self, model, tokenizer, data: Sequence[dict], *, batch_size: int = 8,
@@ -169,18 +176,6 @@ class TriviaQAHarness:
     def load(self, source: str = "hub", limit: int | None = None) -> list[dict[str, Any]]:
         return _rows(load_triviaqa(source, self.split, limit=resolve_limit(limit, self.default_limit)))
 
-    @staticmethod
-    def generation_config(model, tokenizer, max_new_tokens: int) -> GenerationConfig:
-        """What HFLM's `model.generate(do_sample=False, max_length=…, pad_token_id=tokenizer's)` runs:
-        a copy of model.generation_config (repetition_penalty, eos_token_id and all) with those set."""
-        own = getattr(model, "generation_config", None)
-        gc = copy.deepcopy(own) if own is not None else GenerationConfig()
-        gc.do_sample = False
-        gc.max_new_tokens = max_new_tokens
-        gc.pad_token_id = pad_id(tokenizer)
-        gc.repetition_penalty = float(gc.repetition_penalty) if gc.repetition_penalty is not None else 1.0
-        return gc
-
     def run(self, model, tokenizer, data: Sequence[dict], *, batch_size: int = 8,
             progress: bool = False) -> ProbeResult:
         t0 = time.perf_counter()
@@ -195,7 +190,7 @@ class TriviaQAHarness:
 
         prompts = _encode(tokenizer, [triviaqa_harness_prompt(r["question"]) for r in data], L - G)
         with eval_mode(model):
-            gc = self.generation_config(model, tokenizer, G)
+            gc = greedy_config(model, tokenizer, G)   # HFLM's generate(do_sample=False, …): the model's EOS ids
             gen = hf_generate(model, prompts, generation_config=gc, batch_size=batch_size, stop=stop,
                               progress=progress, desc="TriviaQA (harness)")
         items = []
